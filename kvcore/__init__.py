@@ -1,0 +1,45 @@
+"""kvcore: load quantized checkpoints' KV-cache scales through pip-installed format plugins.
+
+``import kvcore`` loads no plugin; discovery happens on the first ``load`` or
+``get_plugin_manager`` call.
+"""
+
+from kvcore._attention import Attention
+from kvcore._auto_loader import AutoWeightsLoader
+from kvcore._errors import (
+    CheckpointError,
+    KvcoreError,
+    MapperConflictError,
+    PluginError,
+    QuantConfigError,
+    WeightLoadError,
+)
+from kvcore._load import load
+from kvcore._mapper import WeightsMapper
+from kvcore._plugins import get_plugin_manager
+from kvcore._quant_config import QuantConfig
+from kvcore._report import LoadReport
+from kvcore._scale_param import KVCacheScaleParameter
+from kvcore.hookspecs import hookimpl, hookspec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attention",
+    "AutoWeightsLoader",
+    "CheckpointError",
+    "KVCacheScaleParameter",
+    "KvcoreError",
+    "LoadReport",
+    "MapperConflictError",
+    "PluginError",
+    "QuantConfig",
+    "QuantConfigError",
+    "WeightLoadError",
+    "WeightsMapper",
+    "__version__",
+    "get_plugin_manager",
+    "hookimpl",
+    "hookspec",
+    "load",
+]

@@ -1,0 +1,58 @@
+"""``Attention``: the module that owns a layer's KV-cache scales."""
+
+from __future__ import annotations
+
+import torch
+
+from kvcore._scale_param import KVCacheScaleParameter
+
+__all__ = ["KV_CACHE_DTYPES", "SCALE_NAMES", "Attention"]
+
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+SCALE_NAMES = ("k_scale", "v_scale", "q_scale", "prob_scale")
+
+
+class Attention(torch.nn.Module):
+    """Holds ``k_scale``, ``v_scale``, ``q_scale`` and ``prob_scale`` for one attention layer.
+
+    Place it beside the projections (``...self_attn.attn``) so that checkpoint names such as
+    ``...self_attn.k_proj.output_scale`` map onto ``...self_attn.attn.k_scale``. After
+    ``kvcore.load`` each scale is a float32 scalar, or a ``(num_kv_heads,)`` tensor when the
+    checkpoint is per-head.
+    """
+
+    k_scale: KVCacheScaleParameter
+    v_scale: KVCacheScaleParameter
+    q_scale: KVCacheScaleParameter
+    prob_scale: KVCacheScaleParameter
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        num_kv_heads: int | None = None,
+        *,
+        kv_cache_dtype: str = "auto",
+    ) -> None:
+        super().__init__()
+        if kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"unknown kv_cache_dtype {kv_cache_dtype!r}; use one of {', '.join(KV_CACHE_DTYPES)}"
+            )
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        self.kv_cache_dtype = kv_cache_dtype
+        for name in SCALE_NAMES:
+            self.register_parameter(name, KVCacheScaleParameter())
+
+    @property
+    def kv_cache_is_fp8(self) -> bool:
+        """Whether the KV cache is stored in fp8 (so that its scales matter)."""
+        return self.kv_cache_dtype.startswith("fp8")
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_heads={self.num_heads}, head_size={self.head_size}, "
+            f"num_kv_heads={self.num_kv_heads}, kv_cache_dtype={self.kv_cache_dtype!r}"
+        )

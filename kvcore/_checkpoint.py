@@ -1,0 +1,175 @@
+"""A checkpoint directory: its config, quantization config, and validated shard headers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from kvcore._errors import CheckpointError
+from kvcore._quant_config import QuantConfig
+from kvcore._safetensors import ShardHeader, TensorInfo, read_header
+
+__all__ = ["Checkpoint", "read_checkpoint"]
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """What a load needs to know before reading any tensor data."""
+
+    directory: Path
+    config: dict[str, Any]
+    quant_config: QuantConfig | None
+    shards: tuple[ShardHeader, ...]
+    tensors: dict[str, TensorInfo]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(info.nbytes for info in self.tensors.values())
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read ``config.json``, any quantization config, and every shard's header."""
+    directory = Path(path)
+    if directory.is_file() and directory.suffix == ".safetensors":
+        return _assemble(directory.parent, [directory])
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {directory} does not exist or is not a directory")
+    return _assemble(directory, _shard_paths(directory))
+
+
+def _assemble(directory: Path, shard_paths: list[Path]) -> Checkpoint:
+    config = _read_json(directory / "config.json", required=False)
+    quant_config = _quant_config(directory, config)
+    shards = tuple(read_header(p) for p in shard_paths)
+    tensors = _tensor_table(shards)
+    index = directory / INDEX_FILE
+    if len(shard_paths) > 1 or index.is_file():
+        _check_index(index, _read_json(index, required=True)["weight_map"], tensors)
+    return Checkpoint(directory, config, quant_config, shards, tensors)
+
+
+def _shard_paths(directory: Path) -> list[Path]:
+    index = directory / INDEX_FILE
+    if index.is_file():
+        return _indexed_shards(directory, index)
+    if (directory / SINGLE_FILE).is_file():
+        return [directory / SINGLE_FILE]
+    found = sorted(directory.glob("*.safetensors"))
+    if len(found) == 1:
+        return found
+    if found:
+        raise CheckpointError(
+            f"{directory} holds {len(found)} safetensors files but no {INDEX_FILE}; "
+            f"add the index that names which shard holds which tensor"
+        )
+    pickled = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise CheckpointError(
+            f"{directory} holds only pickle checkpoints ({', '.join(pickled)}); kvcore never "
+            "unpickles files, because unpickling runs code from the file. Convert them with "
+            "`safetensors.torch.save_file(torch.load(path, weights_only=True), "
+            "'model.safetensors')` in a trusted environment"
+        )
+    raise CheckpointError(f"{directory} holds no {SINGLE_FILE} and no {INDEX_FILE}")
+
+
+def _indexed_shards(directory: Path, index: Path) -> list[Path]:
+    data = _read_json(index, required=True)
+    weight_map = data.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: 'weight_map' must be an object of tensor name -> shard file name")
+    root = directory.resolve()
+    shards: dict[str, Path] = {}
+    for tensor, shard in weight_map.items():
+        if shard not in shards:
+            shards[shard] = _inside(root, index, tensor, shard)
+    return list(shards.values())
+
+
+def _inside(root: Path, index: Path, tensor: str, shard: str) -> Path:
+    candidate = (root / shard).resolve()
+    if Path(shard).is_absolute() or not candidate.is_relative_to(root):
+        raise CheckpointError(
+            f"{index} places tensor {tensor!r} in {shard!r}, which lies outside the checkpoint "
+            f"directory {root}; refusing to read it. Shards must sit inside the checkpoint"
+        )
+    if not candidate.is_file():
+        raise CheckpointError(
+            f"{index} places tensor {tensor!r} in {shard!r}, but that file is missing; "
+            "the download is probably incomplete"
+        )
+    return candidate
+
+
+def _check_index(index: Path, weight_map: dict[str, str], tensors: dict[str, TensorInfo]) -> None:
+    for name, shard in weight_map.items():
+        info = tensors.get(name)
+        if info is None:
+            raise CheckpointError(
+                f"{index} places tensor {name!r} in {shard!r}, but no shard holds it; "
+                "the index does not match the shards"
+            )
+        if info.path.name != Path(shard).name:
+            raise CheckpointError(
+                f"{index} places tensor {name!r} in {shard!r}, but it is in {info.path.name}"
+            )
+
+
+def _tensor_table(shards: tuple[ShardHeader, ...]) -> dict[str, TensorInfo]:
+    table: dict[str, TensorInfo] = {}
+    for shard in shards:
+        for info in shard.tensors:
+            if info.name in table:
+                raise CheckpointError(
+                    f"tensor {info.name!r} is stored twice, in {table[info.name].path.name} and "
+                    f"{info.path.name}; remove one copy"
+                )
+            table[info.name] = info
+    return table
+
+
+def _read_json(path: Path, *, required: bool) -> dict[str, Any]:
+    if not path.exists():
+        if required:
+            raise CheckpointError(f"{path} is missing")
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not a {type(data).__name__}")
+    return data
+
+
+def _quant_config(directory: Path, config: dict[str, Any]) -> QuantConfig | None:
+    config_path = directory / "config.json"
+    for key in ("quantization_config", "compression_config"):
+        section = config.get(key)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise CheckpointError(f"{config_path}: {key!r} must be an object")
+        method = section.get("quant_method")
+        if not isinstance(method, str) or not method:
+            raise CheckpointError(
+                f"{config_path}: {key}.quant_method must be a non-empty string, got {method!r}"
+            )
+        return QuantConfig(method, section, f"{config_path}:{key}")
+    return _modelopt_config(directory)
+
+
+def _modelopt_config(directory: Path) -> QuantConfig | None:
+    path = directory / "hf_quant_config.json"
+    if not path.exists():
+        return None
+    section = _read_json(path, required=True).get("quantization")
+    if not isinstance(section, dict):
+        raise CheckpointError(f"{path}: expected a 'quantization' object")
+    return QuantConfig("modelopt", section, f"{path}:quantization")

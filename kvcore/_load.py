@@ -1,0 +1,161 @@
+"""``kvcore.load``: read, map, plan, copy, finalise, report."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from kvcore._checkpoint import Checkpoint, read_checkpoint
+from kvcore._contributions import Contribution, collect_mappers, combine
+from kvcore._copy import copy_all
+from kvcore._errors import MapperConflictError, QuantConfigError, WeightLoadError
+from kvcore._finalise import finalise_module
+from kvcore._mapper import WeightsMapper
+from kvcore._plan import Plan, build_plan, suggest
+from kvcore._plugins import get_plugin_manager, plugin_records
+from kvcore._report import LoadReport
+from kvcore._targets import attention_modules, model_targets
+
+__all__ = ["load", "plugin_mappers"]
+
+log = logging.getLogger("kvcore")
+
+
+def load(
+    model: torch.nn.Module,
+    checkpoint: str | Path,
+    *,
+    mapper: WeightsMapper | None = None,
+    strict: bool = True,
+    plugins: Iterable[str] | None = None,
+    disable_plugins: Iterable[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> LoadReport:
+    """Load every tensor of ``checkpoint`` into ``model`` and finalise its KV-cache scales.
+
+    The plugins' mappers are ORed into ``mapper`` (the model's own). Every check that the
+    headers, configs and scale values allow runs before the first parameter is written.
+    ``strict=True`` refuses unexpected tensors, missing parameters (KV-cache scales
+    excepted) and a quantization method no plugin handles; ``strict=False`` reports them.
+    ``plugins`` / ``disable_plugins`` select plugins by entry-point name like
+    ``KVCORE_PLUGINS`` / ``KVCORE_DISABLE_PLUGINS``. ``progress`` is called with the byte
+    count of each tensor copied.
+    """
+    ckpt = read_checkpoint(checkpoint)
+    contributions = plugin_mappers(ckpt, strict=strict, plugins=plugins, disable_plugins=disable_plugins)
+    combined = combine(mapper if mapper is not None else WeightsMapper(), contributions)
+    check_name_conflicts(ckpt.tensors, contributions)
+    plan = build_plan(ckpt.tensors.values(), model_targets(model), combined)
+    _settle_strictness(plan, strict, model)
+    loaded = copy_all(plan.copies, progress)
+    return _finalise(model, ckpt, contributions, plan, loaded)
+
+
+def plugin_mappers(
+    ckpt: Checkpoint,
+    *,
+    strict: bool,
+    plugins: Iterable[str] | None = None,
+    disable_plugins: Iterable[str] | None = None,
+) -> list[Contribution]:
+    """The plugins' mappers for ``ckpt``'s quantization config (none when unquantized)."""
+    if ckpt.quant_config is None:
+        return []
+    pm = get_plugin_manager(plugins=plugins, disable_plugins=disable_plugins)
+    contributions = collect_mappers(pm, ckpt.quant_config)
+    if contributions:
+        return contributions
+    method = ckpt.quant_config.quant_method
+    records = plugin_records(pm)
+    installed = ", ".join(r.label for r in records.values() if r.status == "loaded") or "none"
+    message = (
+        f"{ckpt.quant_config.source or ckpt.directory} declares quant_method {method!r}, which no "
+        f"installed kvcore plugin handles (loaded plugins: {installed}). Install the plugin for "
+        f"this format (for example `pip install kvcore-{method}`), or pass strict=False to load "
+        "without KV-cache scale mapping"
+    )
+    if strict:
+        raise QuantConfigError(message)
+    log.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
+    return []
+
+
+def check_name_conflicts(names: Iterable[str], contributions: list[Contribution]) -> None:
+    """Two plugins' mappers, each alone, must not send one tensor to different names."""
+    if len(contributions) < 2:
+        return
+    for name in names:
+        claims: dict[str, Contribution] = {}
+        for contribution in contributions:
+            mapped = contribution.mapper.map_name(name)
+            if mapped is None or mapped == name:
+                continue
+            for other_target, other in claims.items():
+                if other_target != mapped:
+                    raise MapperConflictError(
+                        f"checkpoint tensor {name!r}: plugin {other.label} maps it to "
+                        f"{other_target!r} but plugin {contribution.label} maps it to {mapped!r}; "
+                        "disable one of them (KVCORE_DISABLE_PLUGINS)",
+                        kind="tensor",
+                        pattern=name,
+                        targets=(other_target, mapped),
+                    )
+            claims[mapped] = contribution
+
+
+def _settle_strictness(plan: Plan, strict: bool, model: torch.nn.Module) -> None:
+    if not plan.unexpected and not plan.missing:
+        return
+    targets = [name for name, _ in model.named_parameters()]
+    lines = []
+    if plan.unexpected:
+        lines.append(f"{len(plan.unexpected)} checkpoint tensor(s) match no model parameter:")
+        lines += [_unexpected_line(name, plan.renamed[name], targets) for name in plan.unexpected]
+    if plan.missing:
+        lines.append(f"{len(plan.missing)} model parameter(s) are not in the checkpoint:")
+        lines += [f"  {name}" for name in plan.missing]
+    if strict:
+        raise WeightLoadError(
+            "\n".join(lines)
+            + "\nNothing was written. Pass a mapper that renames these tensors, or strict=False "
+            "to load the rest"
+        )
+    message = "\n".join(lines)
+    log.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _unexpected_line(name: str, mapped: str, targets: list[str]) -> str:
+    shown = name if mapped == name else f"{name} (mapped to {mapped})"
+    return f"  {shown}{suggest(mapped, targets)}"
+
+
+def _finalise(
+    model: torch.nn.Module,
+    ckpt: Checkpoint,
+    contributions: list[Contribution],
+    plan: Plan,
+    loaded: set[str],
+) -> LoadReport:
+    kv_scales, sources = {}, {}
+    for name, module in attention_modules(model).items():
+        values, origin = finalise_module(name, module, plan.scales.get(name, {}))
+        kv_scales[name], sources[name] = values, origin
+        prefix = f"{name}." if name else ""
+        loaded |= {prefix + attr for attr, src in origin.items() if src != "default"}
+    return LoadReport(
+        quant_method=ckpt.quant_config.quant_method if ckpt.quant_config else None,
+        plugins=[c.plugin for c in contributions],
+        loaded=loaded,
+        unexpected=plan.unexpected,
+        missing=plan.missing,
+        kv_scales=kv_scales,
+        kv_scale_sources=sources,
+        dropped=plan.dropped,
+        checkpoint=str(ckpt.directory),
+    )

@@ -1,0 +1,165 @@
+"""``WeightsMapper``: frozen, hashable name-rewriting rules with vLLM's semantics."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+from kvcore._errors import MapperConflictError
+
+__all__ = ["WeightsMapper"]
+
+V = TypeVar("V")
+Target = str | None
+Pattern = re.Pattern[str]
+
+
+def _identity(key: Any) -> Any:
+    return key
+
+
+def _compile(key: str | Pattern) -> Pattern:
+    if isinstance(key, re.Pattern):
+        return key
+    if isinstance(key, str):
+        return re.compile(key)
+    raise TypeError(f"regex rule keys must be str or re.Pattern, not {type(key).__name__}")
+
+
+class _Rules(Mapping[Any, Target]):
+    """An immutable, hashable, insertion-ordered rule table.
+
+    ``normalize`` turns a user-given key into the stored key, so that a regex table can be
+    queried with the pattern string as well as with the compiled pattern.
+    """
+
+    __slots__ = ("_items", "_normalize")
+
+    def __init__(self, rules: Mapping[Any, Target] | None, normalize: Callable[[Any], Any]) -> None:
+        items: dict[Any, Target] = {}
+        for key, target in (rules or {}).items():
+            if target is not None and not isinstance(target, str):
+                raise TypeError(f"rule target for {key!r} must be str or None, not {target!r}")
+            items[normalize(key)] = target
+        self._items = items
+        self._normalize = normalize
+
+    def __getitem__(self, key: Any) -> Target:
+        return self._items[self._normalize(key)]
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return self._normalize(key) in self._items
+        except TypeError:
+            return False
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _Rules):
+            return self._items == other._items
+        if isinstance(other, Mapping):
+            return self._items == {self._normalize(k): v for k, v in other.items()}
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        shown = {getattr(k, "pattern", k): v for k, v in self._items.items()}
+        return repr(shown)
+
+
+_NORMALIZERS: dict[str, Callable[[Any], Any]] = {"orig_to_new_regex": _compile}
+
+
+def _kind(field_name: str) -> str:
+    return field_name.removeprefix("orig_to_new_")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsMapper:
+    """Rewrite checkpoint tensor names into model parameter names.
+
+    Each field maps a key to a target (``None`` drops the weight). Rules apply in vLLM's
+    order: every matching regex rule (``pattern.sub``, all matches, ``\\1`` groups allowed),
+    then substring rules (first occurrence), then prefix rules, then suffix rules (last
+    occurrence), each to the name as rewritten so far. ``a | b`` holds every rule of both and
+    raises :class:`MapperConflictError` when they map one key to different targets.
+    """
+
+    orig_to_new_regex: Mapping[str | Pattern, Target] = dataclasses.field(default_factory=dict)
+    orig_to_new_substr: Mapping[str, Target] = dataclasses.field(default_factory=dict)
+    orig_to_new_prefix: Mapping[str, Target] = dataclasses.field(default_factory=dict)
+    orig_to_new_suffix: Mapping[str, Target] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            rules = _Rules(getattr(self, f.name), _NORMALIZERS.get(f.name, _identity))
+            object.__setattr__(self, f.name, rules)
+
+    def __or__(self, other: object) -> WeightsMapper:
+        if not isinstance(other, WeightsMapper):
+            return NotImplemented
+        merged: dict[str, dict[Any, Target]] = {}
+        for f in dataclasses.fields(self):
+            ours: Mapping[Any, Target] = getattr(self, f.name)
+            theirs: Mapping[Any, Target] = getattr(other, f.name)
+            for key, target in theirs.items():
+                if key in ours and ours[key] != target:
+                    shown = getattr(key, "pattern", key)
+                    raise MapperConflictError(
+                        f"{_kind(f.name)} rule {shown!r} maps to {ours[key]!r} on one side and "
+                        f"to {target!r} on the other; make the two mappers agree or drop one rule",
+                        kind=_kind(f.name),
+                        pattern=shown,
+                        targets=(ours[key], target),
+                    )
+            merged[f.name] = {**ours, **theirs}
+        return WeightsMapper(**merged)
+
+    def map_name(self, name: str) -> str | None:
+        """Return ``name`` rewritten by every matching rule, or ``None`` if a rule drops it."""
+        key = name
+        for pattern, target in self.orig_to_new_regex.items():
+            if pattern.search(key):
+                if target is None:
+                    return None
+                key = pattern.sub(target, key)
+        for substr, target in self.orig_to_new_substr.items():
+            if substr in key:
+                if target is None:
+                    return None
+                key = key.replace(substr, target, 1)
+        for prefix, target in self.orig_to_new_prefix.items():
+            if key.startswith(prefix):
+                if target is None:
+                    return None
+                key = key.replace(prefix, target, 1)
+        for suffix, target in self.orig_to_new_suffix.items():
+            if key.endswith(suffix):
+                if target is None:
+                    return None
+                key = target.join(key.rsplit(suffix, 1))
+        return key
+
+    def apply(self, weights: Iterable[tuple[str, V]]) -> Iterator[tuple[str, V]]:
+        """Yield ``(mapped_name, value)`` for every weight not dropped by a rule."""
+        for name, value in weights:
+            new_name = self.map_name(name)
+            if new_name is not None:
+                yield new_name, value
+
+    def apply_list(self, names: Iterable[str]) -> list[str]:
+        """Map a list of names, leaving dropped ones out."""
+        return [new for new in map(self.map_name, names) if new is not None]
+
+    def apply_dict(self, values: Mapping[str, V]) -> dict[str, V]:
+        """Map the keys of a dict, leaving dropped ones out."""
+        return dict(self.apply(values.items()))

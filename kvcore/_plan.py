@@ -1,0 +1,204 @@
+"""Planning: map every checkpoint name, resolve its target, and validate it all before writing.
+
+A ``Plan`` is built from headers and a handful of small scale tensors; nothing in the model
+is touched until the plan is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable, Iterable
+
+import torch
+
+from kvcore._errors import MapperConflictError, WeightLoadError
+from kvcore._mapper import WeightsMapper
+from kvcore._safetensors import TensorInfo, read_tensor
+from kvcore._targets import Target
+
+__all__ = ["Copy", "Plan", "ScaleValue", "build_plan"]
+
+SKIP_SUBSTRS = (
+    "rotary_pos_emb.inv_freq",
+    "rotary_emb.inv_freq",
+    "rotary_emb.cos_cached",
+    "rotary_emb.sin_cached",
+)
+"""Buffers old checkpoints carry that no model loads (vLLM skips them too)."""
+
+ZERO_POINT_NAMES = {"k_zero_point", "v_zero_point", "q_zero_point"}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Copy:
+    """Copy checkpoint tensor ``info`` into ``target`` (through ``loader`` when it has one)."""
+
+    info: TensorInfo
+    target: Target
+    loader: Callable[[torch.Tensor, torch.Tensor], object] | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScaleValue:
+    """A validated KV-cache scale: float32, flat (one element, or one per KV head)."""
+
+    value: torch.Tensor
+    source: str
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything a load will do, decided before anything is written."""
+
+    copies: list[Copy]
+    scales: dict[str, dict[str, ScaleValue]]
+    dropped: list[str]
+    unexpected: list[str]
+    missing: list[str]
+    renamed: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def bytes_to_copy(self) -> int:
+        return sum(c.info.nbytes for c in self.copies)
+
+
+def build_plan(
+    tensors: Iterable[TensorInfo],
+    targets: dict[str, Target],
+    mapper: WeightsMapper,
+) -> Plan:
+    """Resolve every tensor; raise on the first bad one, collect unexpected and missing."""
+    plan = Plan([], {}, [], [], [])
+    claimed: dict[int, str] = {}
+    for info in tensors:
+        name = mapper.map_name(info.name)
+        if name is None or any(s in name for s in SKIP_SUBSTRS):
+            plan.dropped.append(info.name)
+            continue
+        target = targets.get(name)
+        if target is None:
+            _unresolved(plan, info, name, targets)
+            continue
+        _claim(claimed, info, target)
+        if target.is_kv_scale:
+            plan.scales.setdefault(target.module_name, {})[target.attr] = _scale(info, target)
+        else:
+            check_fits(info, target)
+            loader = getattr(target.tensor, "weight_loader", None)
+            plan.copies.append(Copy(info, target, loader))
+    plan.copies.sort(key=lambda c: (str(c.info.path), c.info.start))
+    plan.missing = _missing(targets, claimed)
+    plan.unexpected.sort()
+    return plan
+
+
+def _unresolved(plan: Plan, info: TensorInfo, name: str, targets: dict[str, Target]) -> None:
+    module_name, _, attr = name.rpartition(".")
+    owner = targets.get(f"{module_name}.k_scale" if module_name else "k_scale")
+    if attr in ZERO_POINT_NAMES and owner is not None and owner.is_kv_scale:
+        _check_zero_point(info, name)
+        plan.dropped.append(info.name)
+    else:
+        plan.unexpected.append(info.name)
+        plan.renamed[info.name] = name
+
+
+def _claim(claimed: dict[int, str], info: TensorInfo, target: Target) -> None:
+    key = id(target.tensor)
+    if key in claimed:
+        raise MapperConflictError(
+            f"checkpoint tensors {claimed[key]!r} and {info.name!r} both map to parameter "
+            f"{target.name!r}; a checkpoint may provide each parameter once. Remove one of the "
+            "tensors or fix the mapper that renames them",
+            kind="tensor",
+            pattern=target.name,
+            targets=(claimed[key], info.name),
+        )
+    claimed[key] = info.name
+
+
+def _missing(targets: dict[str, Target], claimed: dict[int, str]) -> list[str]:
+    provided = claimed.keys()
+    seen: set[int] = set()
+    missing = []
+    for name, target in targets.items():
+        ident = id(target.tensor)
+        if target.is_kv_scale or ident in provided or ident in seen:
+            continue
+        seen.add(ident)
+        missing.append(name)
+    return sorted(missing)
+
+
+def _where(info: TensorInfo, target: str) -> str:
+    return f"checkpoint tensor {info.name!r} in {info.path} (loading into {target!r})"
+
+
+def check_fits(info: TensorInfo, target: Target) -> None:
+    """Shape and dtype of ``info`` suit ``target`` (custom loaders judge shapes themselves)."""
+    tensor = target.tensor
+    same_shape = tuple(tensor.shape) == info.shape or (tensor.numel() == 1 and info.numel == 1)
+    if not same_shape and getattr(tensor, "weight_loader", None) is None:
+        raise WeightLoadError(
+            f"{_where(info, target.name)} has shape {list(info.shape)} but the parameter has "
+            f"shape {list(tensor.shape)}; the checkpoint was made for a different model config"
+        )
+    if not _convertible(info.torch_dtype, tensor.dtype):
+        raise WeightLoadError(
+            f"{_where(info, target.name)} has dtype {info.dtype} but the parameter is "
+            f"{tensor.dtype}; kvcore converts only between floating-point types of 16 bits or "
+            "more. Build the model with the checkpoint's dtype for this parameter"
+        )
+
+
+def _convertible(source: torch.dtype, dest: torch.dtype) -> bool:
+    if source == dest:
+        return True
+    wide = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    return source in wide and dest in wide
+
+
+def _scale(info: TensorInfo, target: Target) -> ScaleValue:
+    heads = getattr(target.module, "num_kv_heads", None)
+    if info.numel != 1 and info.numel != heads:
+        raise WeightLoadError(
+            f"{_where(info, target.name)} has shape {list(info.shape)}: a KV-cache scale has one "
+            f"element (per-tensor) or num_kv_heads={heads} elements (per-head)"
+        )
+    if not info.torch_dtype.is_floating_point:
+        raise WeightLoadError(f"{_where(info, target.name)} has dtype {info.dtype}; a scale must be floating point")
+    value = read_tensor(info).to(torch.float32).reshape(-1)
+    _check_scale_values(info, target.name, value)
+    return ScaleValue(value, info.name)
+
+
+def _check_scale_values(info: TensorInfo, target: str, value: torch.Tensor) -> None:
+    for problem, bad in (
+        ("NaN", torch.isnan(value)),
+        ("an infinite value", torch.isinf(value)),
+        ("zero", value == 0),
+        ("a negative value", value < 0),
+    ):
+        if bool(bad.any()):
+            shown = value.tolist() if value.numel() <= 8 else f"{value.numel()} values"
+            raise WeightLoadError(
+                f"{_where(info, target)} holds {problem} ({shown}); a KV-cache scale must be a "
+                "finite positive number. The quantization tool probably saved an uninitialised "
+                "scale: re-export the checkpoint"
+            )
+
+
+def _check_zero_point(info: TensorInfo, target: str) -> None:
+    value = read_tensor(info)
+    if info.numel and bool((value.to(torch.float32) != 0).any()):
+        raise WeightLoadError(
+            f"{_where(info, target)} holds non-zero zero points: the KV cache is asymmetric, "
+            "and kvcore loads symmetric KV caches only. Quantize the KV cache symmetrically"
+        )
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.8)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,187 @@
+"""Safetensors headers: parsed and validated without touching tensor data.
+
+Nothing here imports ``torch.nn`` or knows about models; it answers "which tensors are in
+this file, with which dtype, shape and byte range", or raises ``CheckpointError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kvcore._errors import CheckpointError
+
+__all__ = ["DTYPES", "MAX_HEADER_BYTES", "ShardHeader", "TensorInfo", "read_header", "read_tensor"]
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+"""The cap the safetensors library itself puts on a header."""
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
+    "BOOL": torch.bool,
+}
+if hasattr(torch, "float8_e8m0fnu"):
+    DTYPES["F8_E8M0"] = torch.float8_e8m0fnu
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """One tensor of a shard: where its bytes are (absolute file offsets) and what they are."""
+
+    name: str
+    path: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardHeader:
+    """A validated safetensors header: its tensors in file order and the file's size."""
+
+    path: Path
+    size: int
+    data_start: int
+    tensors: tuple[TensorInfo, ...]
+    metadata: dict[str, str]
+
+
+def read_header(path: Path) -> ShardHeader:
+    """Read and validate the header of one safetensors file."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise _bad(path, f"the file is {size} bytes, too short for a safetensors header")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > MAX_HEADER_BYTES:
+                raise _bad(path, f"the header claims {length} bytes, above the {MAX_HEADER_BYTES} byte cap")
+            if 8 + length > size:
+                raise _bad(path, f"the header claims {length} bytes but the file has only {size}")
+            raw = f.read(length)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    header = _parse_json(path, raw)
+    data_start = 8 + length
+    tensors, metadata = _entries(path, header, data_start)
+    _check_layout(path, tensors, size)
+    return ShardHeader(path, size, data_start, tensors, metadata)
+
+
+def _bad(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a valid safetensors file: {what}. The file is probably truncated or "
+        "corrupt; download or export it again"
+    )
+
+
+def _parse_json(path: Path, raw: bytes) -> dict[str, Any]:
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _bad(path, f"its header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise _bad(path, f"its header is a JSON {type(header).__name__}, not an object")
+    return header
+
+
+def _entries(path: Path, header: dict[str, Any], data_start: int) -> tuple[tuple[TensorInfo, ...], dict[str, str]]:
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise _bad(path, "its __metadata__ is not an object")
+    infos = [_entry(path, name, spec, data_start) for name, spec in header.items()]
+    infos.sort(key=lambda info: info.start)
+    return tuple(infos), {str(k): str(v) for k, v in metadata.items()}
+
+
+def _entry(path: Path, name: str, spec: Any, data_start: int) -> TensorInfo:
+    if not isinstance(spec, dict):
+        raise _bad(path, f"the entry of tensor {name!r} is not an object")
+    dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+    if dtype not in DTYPES:
+        raise _bad(path, f"tensor {name!r} has unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise _bad(path, f"tensor {name!r} has shape {shape!r}; a shape is a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+        raise _bad(path, f"tensor {name!r} has data_offsets {offsets!r}; expected [begin, end]")
+    begin, end = offsets
+    itemsize = DTYPES[dtype].itemsize
+    expected = math.prod(shape) * itemsize
+    if end - begin != expected:
+        raise _bad(
+            path,
+            f"tensor {name!r} spans {end - begin} bytes but dtype {dtype} x shape {shape} needs {expected}",
+        )
+    return TensorInfo(name, path, dtype, tuple(shape), data_start + begin, data_start + end)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_layout(path: Path, tensors: tuple[TensorInfo, ...], file_size: int) -> None:
+    """Every tensor lies inside the file and no two share a byte (tensors are sorted by start)."""
+    previous: TensorInfo | None = None
+    for info in tensors:
+        if info.end > file_size:
+            raise _bad(
+                path,
+                f"tensor {info.name!r} ends at byte {info.end} but the file has only {file_size}",
+            )
+        if info.nbytes == 0:
+            continue
+        if previous is not None and info.start < previous.end:
+            raise _bad(path, f"tensors {previous.name!r} and {info.name!r} overlap")
+        previous = info
+
+
+def read_tensor(info: TensorInfo) -> torch.Tensor:
+    """Read one (small) tensor's bytes into a new tensor, without mapping the file."""
+    try:
+        with open(info.path, "rb") as f:
+            f.seek(info.start)
+            data = f.read(info.nbytes)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read tensor {info.name!r} from {info.path}: {exc}") from exc
+    if len(data) != info.nbytes:
+        raise CheckpointError(
+            f"{info.path} ended while reading tensor {info.name!r}: the file shrank after its "
+            "header was read"
+        )
+    if not data:
+        return torch.empty(info.shape, dtype=info.torch_dtype)
+    return torch.frombuffer(bytearray(data), dtype=info.torch_dtype).reshape(info.shape)

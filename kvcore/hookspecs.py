@@ -1,0 +1,47 @@
+"""The plugin contract: everything a kvcore plugin author needs, on one screen.
+
+A plugin is a module (or object) with functions decorated ``@kvcore.hookimpl`` whose names
+and arguments match the specs below. Ship it as a distribution that declares::
+
+    [project.entry-points.kvcore]
+    myformat = "kvcore_myformat"
+
+``pip install`` it and every engine that uses kvcore finds it. A plugin imports only
+kvcore's public names.
+
+Compatibility policy: hook arguments may be added in later kvcore versions, never removed
+or renamed. pluggy passes a hook only the arguments its implementation names, so a plugin
+written today keeps working. Declare the kvcore versions you support in your distribution's
+dependencies (``kvcore>=0.1,<2``); a plugin whose requirement excludes the running kvcore is
+reported as ``incompatible`` and not used.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from kvcore._mapper import WeightsMapper
+from kvcore._quant_config import QuantConfig
+
+__all__ = ["PROJECT_NAME", "get_cache_scale_mapper", "hookimpl", "hookspec"]
+
+PROJECT_NAME = "kvcore"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def get_cache_scale_mapper(quant_config: QuantConfig) -> WeightsMapper | None:
+    """Return a mapper that renames this format's KV-cache scales, or ``None`` if not yours.
+
+    ``quant_config.quant_method`` is the method as written (``"fp8"``, ``"quark"``, ...);
+    ``quant_config.raw`` is the checkpoint's quantization config dict (for a checkpoint with
+    only a ModelOpt ``hf_quant_config.json``: its ``quantization`` section, with
+    ``quant_method == "modelopt"``). Return ``None`` for formats that are not yours, and an
+    empty ``WeightsMapper()`` for your format when its checkpoints carry no KV scales.
+    Validate ``raw`` and raise ``kvcore.QuantConfigError`` naming the field when it is bad
+    or unsupported. Targets are ``<attention>.attn.{k,v,q,prob}_scale``; map every name the
+    same way when applied twice (idempotent). Called once per load, never for an
+    unquantized checkpoint.
+    """
