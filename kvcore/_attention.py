@@ -51,6 +51,17 @@ class Attention(torch.nn.Module):
         """Whether the KV cache is stored in fp8 (so that its scales matter)."""
         return self.kv_cache_dtype.startswith("fp8")
 
+    def process_weights_after_loading(self) -> None:
+        """Apply kvcore's rules for missing scales, after a loader other than ``kvcore.load``.
+
+        ``kvcore.load`` does this itself. After ``AutoWeightsLoader`` (or any loader that
+        wrote some scales through their ``weight_loader``), call it once per module: a scale
+        still holding the ``-1.0`` sentinel counts as missing.
+        """
+        from kvcore._finalise import finalise_module, loaded_scales
+
+        finalise_module(type(self).__name__, self, loaded_scales(self))
+
     def extra_repr(self) -> str:
         return (
             f"num_heads={self.num_heads}, head_size={self.head_size}, "

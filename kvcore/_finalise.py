@@ -7,9 +7,11 @@ import warnings
 
 import torch
 
+from kvcore._attention import SCALE_NAMES
 from kvcore._plan import ScaleValue
+from kvcore._scale_param import NOT_LOADED
 
-__all__ = ["DEFAULT", "finalise_module"]
+__all__ = ["DEFAULT", "finalise_module", "loaded_scales"]
 
 log = logging.getLogger("kvcore")
 DEFAULT = "default"
@@ -44,7 +46,7 @@ def finalise_module(
     values: dict[str, Value] = {}
     sources: dict[str, str] = {}
     for attr, param in module.named_parameters(recurse=False):
-        if attr not in ("k_scale", "v_scale", "q_scale", "prob_scale"):
+        if attr not in SCALE_NAMES:
             continue
         scale = chosen.get(attr)
         tensor = scale.value if scale is not None else torch.ones(1, dtype=torch.float32)
@@ -52,6 +54,16 @@ def finalise_module(
         values[attr] = tensor.tolist() if tensor.numel() > 1 else float(tensor[0])
         sources[attr] = scale.source if scale is not None else DEFAULT
     return values, sources
+
+
+def loaded_scales(module: torch.nn.Module) -> dict[str, ScaleValue]:
+    """The scales of ``module`` that a loader has written (no longer the ``-1.0`` sentinel)."""
+    found = {}
+    for attr in SCALE_NAMES:
+        param = module._parameters.get(attr)
+        if param is not None and not bool((param == NOT_LOADED).all()):
+            found[attr] = ScaleValue(param.detach().to(torch.float32).reshape(-1).clone(), attr)
+    return found
 
 
 def _shaped(flat: torch.Tensor) -> torch.Tensor:
