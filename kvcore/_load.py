@@ -17,6 +17,7 @@ from kvcore._finalise import finalise_module
 from kvcore._mapper import WeightsMapper
 from kvcore._plan import Plan, build_plan, suggest
 from kvcore._plugins import get_plugin_manager, plugin_records
+from kvcore._progress import default_progress
 from kvcore._report import LoadReport
 from kvcore._targets import attention_modules, model_targets
 
@@ -43,7 +44,8 @@ def load(
     excepted) and a quantization method no plugin handles; ``strict=False`` reports them.
     ``plugins`` / ``disable_plugins`` select plugins by entry-point name like
     ``KVCORE_PLUGINS`` / ``KVCORE_DISABLE_PLUGINS``. ``progress`` is called with the byte
-    count of each tensor copied.
+    count of each tensor copied; without one, a load of more than 256 MiB draws a bar on
+    stderr when stderr is a terminal (``KVCORE_PROGRESS=0`` turns it off).
     """
     ckpt = read_checkpoint(checkpoint)
     contributions = plugin_mappers(ckpt, strict=strict, plugins=plugins, disable_plugins=disable_plugins)
@@ -51,7 +53,8 @@ def load(
     check_name_conflicts(ckpt.tensors, contributions)
     plan = build_plan(ckpt.tensors.values(), model_targets(model), combined)
     _settle_strictness(plan, strict, model)
-    loaded = copy_all(plan.copies, progress)
+    with default_progress(plan.copies, progress) as report_bytes:  # a bar on a TTY for big loads
+        loaded = copy_all(plan.copies, report_bytes)
     return _finalise(model, ckpt, contributions, plan, loaded)
 
 
