@@ -1,1 +1,43 @@
-"""placeholder"""
+"""kvcore plugin for compressed-tensors checkpoints (llm-compressor; ``quant_method == "compressed-tensors"``).
+
+Names, with ``P = model.layers.N.self_attn``:
+
+- current: ``P.k_scale`` / ``P.v_scale`` (``(1,)``, or ``(H_kv, 1, 1)`` for ``strategy:
+  "attn_head"``), and with attention quantization ``P.q_scale`` -> ``P.attn.{k,v,q}_scale``;
+- zero points ``P.{k,v,q}_zero_point`` -> ``P.attn.{k,v,q}_zero_point``, where the core drops
+  all-zero ones and refuses non-zero ones;
+- legacy (before Aug 2024): ``P.{k,v,q}_proj.output_scale`` -> ``P.attn.{k,v,q}_scale``.
+
+The very old ``compression_config`` key reaches this plugin the same way (the core presents
+it as the quantization config). An asymmetric or integer ``kv_cache_scheme`` is refused with
+a ``kvcore.QuantConfigError``; it is never loaded as if it were symmetric.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kvcore
+from kvcore_compressed_tensors._config import CompressedTensorsConfig, KvCacheScheme, parse_config
+
+__all__ = ["KV_SCALE_MAPPER", "CompressedTensorsConfig", "KvCacheScheme", "get_cache_scale_mapper", "parse_config"]
+
+KV_SCALE_MAPPER = kvcore.WeightsMapper(
+    orig_to_new_regex={
+        # The lookbehinds keep the rules idempotent: ``...attn.k_scale`` is already mapped.
+        r"(?<!\.attn)\.([kvq])_scale$": r".attn.\1_scale",
+        r"(?<!\.attn)\.([kvq])_zero_point$": r".attn.\1_zero_point",
+        r"\.([kvq])_proj\.output_scale$": r".attn.\1_scale",
+    }
+)
+"""Current ``P.{k,v,q}_scale`` and zero points, and legacy ``P.{k,v,q}_proj.output_scale``, into ``P.attn``."""
+
+
+@kvcore.hookimpl
+def get_cache_scale_mapper(quant_config: Any) -> kvcore.WeightsMapper | None:
+    """The compressed-tensors KV-scale mapper once the config validates; ``None`` for other methods."""
+    config = kvcore.QuantConfig.coerce(quant_config)
+    if config.quant_method != "compressed-tensors":
+        return None
+    parse_config(dict(config.raw), config.source)
+    return KV_SCALE_MAPPER

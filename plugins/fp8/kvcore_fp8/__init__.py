@@ -62,21 +62,21 @@ class Fp8Config(BaseModel):
         return self.weight_block_size is not None and self.kv_cache_scheme is None
 
 
-def parse_config(raw: dict[str, Any]) -> Fp8Config:
-    """Validate ``raw`` or raise ``QuantConfigError`` naming the offending field."""
+def parse_config(raw: dict[str, Any], source: str = "") -> Fp8Config:
+    """Validate ``raw`` or raise ``QuantConfigError`` naming the file and the offending field."""
     try:
         return Fp8Config.model_validate(raw)
     except ValidationError as exc:
-        raise kvcore.QuantConfigError(_describe(exc)) from None
+        raise kvcore.QuantConfigError(_describe(exc, source)) from None
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, source: str) -> str:
     problems = "; ".join(
-        f"quantization_config.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-        f" (got {err.get('input')!r})"
+        f"quantization_config.{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
         for err in exc.errors()
     )
-    return f"invalid fp8 quantization config: {problems}"
+    where = f" in {source}" if source else ""
+    return f"invalid fp8 quantization config{where}: {problems}"
 
 
 @kvcore.hookimpl
@@ -85,5 +85,5 @@ def get_cache_scale_mapper(quant_config: Any) -> kvcore.WeightsMapper | None:
     config = kvcore.QuantConfig.coerce(quant_config)
     if config.quant_method != "fp8":
         return None
-    parsed = parse_config(dict(config.raw))
+    parsed = parse_config(dict(config.raw), config.source)
     return kvcore.WeightsMapper() if parsed.is_block_fp8 else KV_SCALE_MAPPER
