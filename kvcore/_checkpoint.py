@@ -9,13 +9,21 @@ from typing import Any
 
 from kvcore._errors import CheckpointError
 from kvcore._quant_config import QuantConfig
-from kvcore._safetensors import ShardHeader, TensorInfo, read_header
+from kvcore._safetensors import ShardHeader, TensorInfo, read_header, unique_keys
 
 __all__ = ["Checkpoint", "read_checkpoint"]
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+MAX_JSON_BYTES = 100 * 1024 * 1024
+"""config.json, hf_quant_config.json and the index are read whole; a larger one is refused."""
+CONVERT_ADVICE = (
+    "kvcore never unpickles files, because unpickling runs code from the file. Convert the "
+    "checkpoint to safetensors in a trusted environment, for example with "
+    "`safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')` "
+    "(or `save_pretrained(..., safe_serialization=True)` in transformers)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +44,8 @@ class Checkpoint:
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read ``config.json``, any quantization config, and every shard's header."""
     directory = Path(path)
+    if directory.suffix in PICKLE_SUFFIXES and directory.is_file():
+        raise CheckpointError(f"{directory} is a pickle checkpoint. {CONVERT_ADVICE}")
     if directory.is_file() and directory.suffix == ".safetensors":
         return _assemble(directory.parent, [directory])
     if not directory.is_dir():
@@ -50,7 +60,7 @@ def _assemble(directory: Path, shard_paths: list[Path]) -> Checkpoint:
     tensors = _tensor_table(shards)
     index = directory / INDEX_FILE
     if len(shard_paths) > 1 or index.is_file():
-        _check_index(index, _read_json(index, required=True)["weight_map"], tensors)
+        _check_index(index, _weight_map(index), tensors, directory.resolve())
     return Checkpoint(directory, config, quant_config, shards, tensors)
 
 
@@ -71,53 +81,79 @@ def _shard_paths(directory: Path) -> list[Path]:
     pickled = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickled:
         raise CheckpointError(
-            f"{directory} holds only pickle checkpoints ({', '.join(pickled)}); kvcore never "
-            "unpickles files, because unpickling runs code from the file. Convert them with "
-            "`safetensors.torch.save_file(torch.load(path, weights_only=True), "
-            "'model.safetensors')` in a trusted environment"
+            f"{directory} holds only pickle checkpoints ({', '.join(pickled)}) and no "
+            f"{SINGLE_FILE}. {CONVERT_ADVICE}"
         )
-    raise CheckpointError(f"{directory} holds no {SINGLE_FILE} and no {INDEX_FILE}")
+    raise CheckpointError(
+        f"{directory} holds no {SINGLE_FILE} and no {INDEX_FILE}; point kvcore at the directory "
+        "that holds the checkpoint's safetensors files"
+    )
 
 
 def _indexed_shards(directory: Path, index: Path) -> list[Path]:
-    data = _read_json(index, required=True)
-    weight_map = data.get("weight_map")
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CheckpointError(f"{index}: 'weight_map' must be an object of tensor name -> shard file name")
     root = directory.resolve()
     shards: dict[str, Path] = {}
-    for tensor, shard in weight_map.items():
+    for tensor, shard in _weight_map(index).items():
         if shard not in shards:
             shards[shard] = _inside(root, index, tensor, shard)
-    return list(shards.values())
+    # Two spellings of one file ("a.safetensors", "./a.safetensors") are one shard.
+    return list(dict.fromkeys(shards.values()))
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    weight_map = _read_json(index, required=True).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(
+            f"{index}: 'weight_map' must be an object of tensor name -> shard file name; "
+            "fix or re-download the index"
+        )
+    if not weight_map:
+        raise CheckpointError(f"{index}: 'weight_map' names no tensors; fix or re-download the index")
+    return weight_map
 
 
 def _inside(root: Path, index: Path, tensor: str, shard: str) -> Path:
-    candidate = (root / shard).resolve()
-    if Path(shard).is_absolute() or not candidate.is_relative_to(root):
+    where = f"{index} places tensor {tensor!r} in {shard!r}"
+    try:
+        candidate = (root / shard).resolve()
+        outside = Path(shard).is_absolute() or not candidate.is_relative_to(root)
+        present = not outside and candidate.is_file()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a symlink loop
+        raise CheckpointError(f"{where}, which is not a usable file name ({exc}); fix the index") from None
+    if outside:
         raise CheckpointError(
-            f"{index} places tensor {tensor!r} in {shard!r}, which lies outside the checkpoint "
-            f"directory {root}; refusing to read it. Shards must sit inside the checkpoint"
+            f"{where}, which lies outside the checkpoint directory {root} (after resolving '..' "
+            "and symlinks); refusing to read it. Shards must sit inside the checkpoint directory: "
+            "copy them there and name them relative to it in the index"
         )
-    if not candidate.is_file():
+    if candidate.suffix in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{where}, a pickle file. {CONVERT_ADVICE}")
+    if not present:
         raise CheckpointError(
-            f"{index} places tensor {tensor!r} in {shard!r}, but that file is missing; "
-            "the download is probably incomplete"
+            f"{where}, but that file is missing; the download is probably incomplete: "
+            "download the missing shard"
         )
     return candidate
 
 
-def _check_index(index: Path, weight_map: dict[str, str], tensors: dict[str, TensorInfo]) -> None:
+def _check_index(index: Path, weight_map: dict[str, str], tensors: dict[str, TensorInfo], root: Path) -> None:
+    # Resolve once per shard, not once per tensor: checkpoints hold up to 10^5 tensors.
+    named: dict[str, Path] = {}
+    for name, shard in weight_map.items():
+        if shard not in named:
+            named[shard] = _inside(root, index, name, shard)
+    actual = {path: path.resolve() for path in {info.path for info in tensors.values()}}
     for name, shard in weight_map.items():
         info = tensors.get(name)
         if info is None:
             raise CheckpointError(
                 f"{index} places tensor {name!r} in {shard!r}, but no shard holds it; "
-                "the index does not match the shards"
+                "the index does not match the shards: re-download the index and its shards"
             )
-        if info.path.name != Path(shard).name:
+        if actual[info.path] != named[shard]:
             raise CheckpointError(
-                f"{index} places tensor {name!r} in {shard!r}, but it is in {info.path.name}"
+                f"{index} places tensor {name!r} in {shard!r}, but it is in {info.path.name}; "
+                "the index does not match the shards: re-download the index and its shards"
             )
 
 
@@ -127,8 +163,8 @@ def _tensor_table(shards: tuple[ShardHeader, ...]) -> dict[str, TensorInfo]:
         for info in shard.tensors:
             if info.name in table:
                 raise CheckpointError(
-                    f"tensor {info.name!r} is stored twice, in {table[info.name].path.name} and "
-                    f"{info.path.name}; remove one copy"
+                    f"tensor {info.name!r} is stored twice, in {table[info.name].path} and "
+                    f"{info.path}; kvcore cannot tell which copy is meant. Remove one copy"
                 )
             table[info.name] = info
     return table
@@ -137,14 +173,21 @@ def _tensor_table(shards: tuple[ShardHeader, ...]) -> dict[str, TensorInfo]:
 def _read_json(path: Path, *, required: bool) -> dict[str, Any]:
     if not path.exists():
         if required:
-            raise CheckpointError(f"{path} is missing")
+            raise CheckpointError(f"{path} is missing; re-download the checkpoint")
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path} is larger than {MAX_JSON_BYTES} bytes; it cannot be a real {path.name}")
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
+    # ValueError covers JSONDecodeError, integers too long to convert and duplicate keys
+    # (parsers disagree on which one wins); RecursionError
+    # a document nested thousands of levels deep.
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); fix or re-download it") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, not a {type(data).__name__}")
+        raise CheckpointError(
+            f"{path} must hold a JSON object, not a {type(data).__name__}; fix or re-download it"
+        )
     return data
 
 
@@ -155,11 +198,15 @@ def _quant_config(directory: Path, config: dict[str, Any]) -> QuantConfig | None
         if section is None:
             continue
         if not isinstance(section, dict):
-            raise CheckpointError(f"{config_path}: {key!r} must be an object")
+            raise CheckpointError(
+                f"{config_path}: {key!r} must be an object, not a {type(section).__name__}; "
+                "fix the config or re-export the checkpoint"
+            )
         method = section.get("quant_method")
         if not isinstance(method, str) or not method:
             raise CheckpointError(
-                f"{config_path}: {key}.quant_method must be a non-empty string, got {method!r}"
+                f"{config_path}: {key}.quant_method must be a non-empty string such as 'fp8', got "
+                f"{method!r}; fix the config or re-export the checkpoint"
             )
         return QuantConfig(method, section, f"{config_path}:{key}")
     return _modelopt_config(directory)
@@ -171,5 +218,8 @@ def _modelopt_config(directory: Path) -> QuantConfig | None:
         return None
     section = _read_json(path, required=True).get("quantization")
     if not isinstance(section, dict):
-        raise CheckpointError(f"{path}: expected a 'quantization' object")
+        raise CheckpointError(
+            f"{path}: expected a 'quantization' object (ModelOpt writes "
+            '{"quantization": {"quant_algo": ..., "kv_cache_quant_algo": ...}}); fix or re-export it'
+        )
     return QuantConfig("modelopt", section, f"{path}:quantization")

@@ -18,7 +18,17 @@ import torch
 
 from kvcore._errors import CheckpointError
 
-__all__ = ["DTYPES", "MAX_HEADER_BYTES", "ShardHeader", "TensorInfo", "read_header", "read_tensor"]
+__all__ = [
+    "DTYPES",
+    "MAX_HEADER_BYTES",
+    "FileStamp",
+    "ShardHeader",
+    "TensorInfo",
+    "check_unchanged",
+    "read_header",
+    "read_tensor",
+    "unique_keys",
+]
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """The cap the safetensors library itself puts on a header."""
@@ -45,8 +55,30 @@ if hasattr(torch, "float8_e8m0fnu"):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class FileStamp:
+    """A file's identity and version when its header was read.
+
+    Mapping a file that shrank since its header was validated would turn an out-of-range
+    read into SIGBUS, so readers compare the open file's stamp with this one first.
+    """
+
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileStamp:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class TensorInfo:
-    """One tensor of a shard: where its bytes are (absolute file offsets) and what they are."""
+    """One tensor of a shard: where its bytes are (absolute file offsets) and what they are.
+
+    ``stamp`` is the shard's :class:`FileStamp` when the header was read (``None`` for
+    infos made by hand, which are then not checked for changes).
+    """
 
     name: str
     path: Path
@@ -54,6 +86,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     start: int
     end: int
+    stamp: FileStamp | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -77,13 +110,15 @@ class ShardHeader:
     data_start: int
     tensors: tuple[TensorInfo, ...]
     metadata: dict[str, str]
+    stamp: FileStamp | None = None
 
 
 def read_header(path: Path) -> ShardHeader:
     """Read and validate the header of one safetensors file."""
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            stamp = FileStamp.of(os.fstat(f.fileno()))
+            size = stamp.size
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise _bad(path, f"the file is {size} bytes, too short for a safetensors header")
@@ -97,9 +132,9 @@ def read_header(path: Path) -> ShardHeader:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
     header = _parse_json(path, raw)
     data_start = 8 + length
-    tensors, metadata = _entries(path, header, data_start)
+    tensors, metadata = _entries(path, header, data_start, stamp)
     _check_layout(path, tensors, size)
-    return ShardHeader(path, size, data_start, tensors, metadata)
+    return ShardHeader(path, size, data_start, tensors, metadata, stamp)
 
 
 def _bad(path: Path, what: str) -> CheckpointError:
@@ -111,34 +146,50 @@ def _bad(path: Path, what: str) -> CheckpointError:
 
 def _parse_json(path: Path, raw: bytes) -> dict[str, Any]:
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad(path, f"its header is not JSON ({exc})") from None
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys)
+    # ValueError covers JSONDecodeError, integers too long to convert and duplicate keys;
+    # RecursionError a header nested thousands of levels deep.
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _bad(path, f"its header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise _bad(path, f"its header is a JSON {type(header).__name__}, not an object")
     return header
 
 
-def _entries(path: Path, header: dict[str, Any], data_start: int) -> tuple[tuple[TensorInfo, ...], dict[str, str]]:
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object hook refusing duplicate keys: parsers disagree on which one wins."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"key {twice!r} appears twice")
+    return result
+
+
+def _entries(
+    path: Path, header: dict[str, Any], data_start: int, stamp: FileStamp
+) -> tuple[tuple[TensorInfo, ...], dict[str, str]]:
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise _bad(path, "its __metadata__ is not an object")
-    infos = [_entry(path, name, spec, data_start) for name, spec in header.items()]
+    infos = [_entry(path, name, spec, data_start, stamp) for name, spec in header.items()]
     infos.sort(key=lambda info: info.start)
     return tuple(infos), {str(k): str(v) for k, v in metadata.items()}
 
 
-def _entry(path: Path, name: str, spec: Any, data_start: int) -> TensorInfo:
+def _entry(path: Path, name: str, spec: Any, data_start: int, stamp: FileStamp) -> TensorInfo:
     if not isinstance(spec, dict):
         raise _bad(path, f"the entry of tensor {name!r} is not an object")
     dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise _bad(path, f"tensor {name!r} has unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise _bad(path, f"tensor {name!r} has shape {shape!r}; a shape is a list of non-negative integers")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
         raise _bad(path, f"tensor {name!r} has data_offsets {offsets!r}; expected [begin, end]")
     begin, end = offsets
+    if begin > end:
+        raise _bad(path, f"tensor {name!r} has data_offsets {offsets!r}, which end before they begin")
     itemsize = DTYPES[dtype].itemsize
     expected = math.prod(shape) * itemsize
     if end - begin != expected:
@@ -146,7 +197,7 @@ def _entry(path: Path, name: str, spec: Any, data_start: int) -> TensorInfo:
             path,
             f"tensor {name!r} spans {end - begin} bytes but dtype {dtype} x shape {shape} needs {expected}",
         )
-    return TensorInfo(name, path, dtype, tuple(shape), data_start + begin, data_start + end)
+    return TensorInfo(name, path, dtype, tuple(shape), data_start + begin, data_start + end, stamp)
 
 
 def _is_count(value: Any) -> bool:
@@ -169,10 +220,38 @@ def _check_layout(path: Path, tensors: tuple[TensorInfo, ...], file_size: int) -
         previous = info
 
 
+def check_unchanged(info: TensorInfo, fileno: int) -> None:
+    """Raise ``CheckpointError`` unless open file ``fileno`` is the file ``info``'s header came from.
+
+    A shard replaced, truncated or rewritten since its header was validated could make a
+    memory map read beyond the end of the file (SIGBUS) or load bytes nobody validated.
+    """
+    if info.stamp is None:
+        return
+    now = FileStamp.of(os.fstat(fileno))
+    if now == info.stamp:
+        return
+    raise CheckpointError(
+        f"{info.path} was {_change(info.stamp, now)} after kvcore read its header (while loading "
+        f"tensor {info.name!r}); "
+        "nothing from the new version is loaded. Wait until the file is no longer being written "
+        "(download or copy finished), then load again"
+    )
+
+
+def _change(before: FileStamp, after: FileStamp) -> str:
+    if (before.inode, before.device) != (after.inode, after.device):
+        return "replaced by another file"
+    if before.size != after.size:
+        return f"resized from {before.size} to {after.size} bytes"
+    return "modified"
+
+
 def read_tensor(info: TensorInfo) -> torch.Tensor:
     """Read one (small) tensor's bytes into a new tensor, without mapping the file."""
     try:
         with open(info.path, "rb") as f:
+            check_unchanged(info, f.fileno())
             f.seek(info.start)
             data = f.read(info.nbytes)
     except OSError as exc:
