@@ -1,0 +1,210 @@
+"""``kvcore inspect``: what a load would do with a checkpoint, without a model.
+
+Reads the configs and shard headers, asks the plugins for their mappers, maps every name,
+and reads tensor data only for the KV-cache scales and KV zero points it finds. The result
+says which scale lands on which attention parameter and lists anomalies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+
+from kvcore._checkpoint import Checkpoint, read_checkpoint
+from kvcore._contributions import Contribution, combine
+from kvcore._errors import KvcoreError
+from kvcore._inspect_checks import Findings, check_layers, check_value, is_scale_like
+from kvcore._load import check_name_conflicts, plugin_mappers
+from kvcore._mapper import WeightsMapper
+from kvcore._safetensors import TensorInfo, read_tensor
+from kvcore._table import natural_key
+
+__all__ = ["Anomaly", "Inspection", "ScaleEntry", "inspect_checkpoint"]
+
+SCALE_NAMES = ("k_scale", "v_scale", "q_scale", "prob_scale")
+ZERO_POINTS = ("k_zero_point", "v_zero_point", "q_zero_point")
+KV_BIASES = ("k_bias", "v_bias")
+MAX_READ = 1 << 16
+"""Scales are one value or one per KV head; anything bigger is not read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Anomaly:
+    """Something a person should know about the checkpoint; ``level`` is error/warning/info."""
+
+    level: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"level": self.level, "message": self.message}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleEntry:
+    """One KV-cache scale tensor of the checkpoint and the parameter it would load into."""
+
+    tensor: str
+    target: str
+    shape: list[int]
+    dtype: str
+    value: float | list[float]
+    plugins: list[str]
+
+    def as_dict(self) -> dict[str, object]:
+        """The documented JSON shape (``plugins`` is for the human table only)."""
+        return {"tensor": self.tensor, "target": self.target, "shape": self.shape, "dtype": self.dtype,
+                "value": self.value}
+
+
+@dataclasses.dataclass
+class Inspection:
+    """The result of :func:`inspect_checkpoint`."""
+
+    checkpoint: str
+    quant_method: str | None
+    plugins: list[str]
+    plugin_labels: dict[str, str]
+    layers: dict[str, dict[str, ScaleEntry]]
+    anomalies: list[Anomaly]
+
+    @property
+    def has_errors(self) -> bool:
+        return any(a.level == "error" for a in self.anomalies)
+
+    def as_dict(self) -> dict[str, object]:
+        """The documented, stable JSON shape of ``kvcore inspect --json``."""
+        return {
+            "quant_method": self.quant_method,
+            "plugins": list(self.plugins),
+            "layers": {
+                layer: {scale: entry.as_dict() for scale, entry in scales.items()}
+                for layer, scales in self.layers.items()
+            },
+            "anomalies": [a.as_dict() for a in self.anomalies],
+        }
+
+
+def inspect_checkpoint(path: str | Path) -> Inspection:
+    """Inspect ``path``; raises ``KvcoreError`` only when the checkpoint cannot be read."""
+    ckpt = read_checkpoint(path)
+    findings = Findings()
+    contributions, mapper = _mappers(ckpt, findings)
+    heads = _kv_heads(ckpt.config)
+    layers: dict[str, dict[str, ScaleEntry]] = {}
+    claimed: dict[str, str] = {}
+    for name in sorted(ckpt.tensors, key=natural_key):
+        info = ckpt.tensors[name]
+        mapped = mapper.map_name(name)
+        if mapped is None:
+            continue  # a rule drops it on purpose
+        parent, _, attr = mapped.rpartition(".")
+        if attr in SCALE_NAMES and parent.rpartition(".")[2] == "attn":
+            if _claim(claimed, info, mapped, findings):
+                entry = _scale_entry(info, mapped, heads, contributions, findings)
+                layers.setdefault(parent, {})[attr] = entry
+        elif attr in ZERO_POINTS:
+            _zero_point(info, findings)
+        elif attr in KV_BIASES:
+            findings.group("warning", f"{attr} present", name, _BIAS_NOTE)
+        elif mapped == name and is_scale_like(name):
+            findings.group("warning", "unmapped", name, _UNMAPPED_NOTE)
+    ordered = {layer: _ordered(layers[layer]) for layer in sorted(layers, key=natural_key)}
+    check_layers(ckpt.quant_config is not None, ordered, findings)
+    labels = {c.plugin: c.label for c in contributions}
+    method = ckpt.quant_config.quant_method if ckpt.quant_config else None
+    return Inspection(str(ckpt.directory), method, [c.plugin for c in contributions], labels, ordered,
+                      findings.anomalies(Anomaly))
+
+
+_BIAS_NOTE = (
+    "the KV cache is affine (ModelOpt): a bias changes the arithmetic, and kvcore.load refuses it "
+    "unless the model has a parameter of that name"
+)
+_UNMAPPED_NOTE = (
+    "looks like a scale but no installed plugin's rule maps it onto an attention module, so a "
+    "load would not use it (strict=True refuses it). Install or enable the plugin for this format"
+)
+
+
+def _mappers(ckpt: Checkpoint, findings: Findings) -> tuple[list[Contribution], WeightsMapper]:
+    """The plugins' mappers as a load would combine them; failures become error anomalies."""
+    try:
+        contributions = plugin_mappers(ckpt, strict=True)
+    except KvcoreError as exc:
+        findings.add("error", str(exc))
+        return [], WeightsMapper()
+    try:
+        mapper = combine(WeightsMapper(), contributions)
+        check_name_conflicts(ckpt.tensors, contributions)
+    except KvcoreError as exc:
+        findings.add("error", str(exc))
+        return contributions, _first_agreeing(contributions)
+    return contributions, mapper
+
+
+def _first_agreeing(contributions: list[Contribution]) -> WeightsMapper:
+    """After a conflict, keep going with the first plugin's rules so the table still shows something."""
+    return contributions[0].mapper if contributions else WeightsMapper()
+
+
+def _kv_heads(config: dict[str, object]) -> int | None:
+    for key in ("num_key_value_heads", "num_attention_heads"):
+        value = config.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _claim(claimed: dict[str, str], info: TensorInfo, target: str, findings: Findings) -> bool:
+    first = claimed.setdefault(target, info.name)
+    if first == info.name:
+        return True
+    findings.add(
+        "error",
+        f"checkpoint tensors {first!r} and {info.name!r} both map to {target!r}; a load refuses "
+        "this. Remove one of them or fix the plugin whose rule renames them",
+    )
+    return False
+
+
+def _scale_entry(
+    info: TensorInfo,
+    target: str,
+    heads: int | None,
+    contributions: list[Contribution],
+    findings: Findings,
+) -> ScaleEntry:
+    value = _read_flat(info)
+    check_value(info, target, value, heads, findings)
+    shown: float | list[float] = value.tolist() if value.numel() != 1 else float(value[0])
+    plugins = [c.plugin for c in contributions if c.mapper.map_name(info.name) != info.name]
+    return ScaleEntry(info.name, target, list(info.shape), info.dtype, shown, plugins)
+
+
+def _read_flat(info: TensorInfo) -> torch.Tensor:
+    if info.numel > MAX_READ:
+        return torch.empty(0)
+    return read_tensor(info).to(torch.float32).reshape(-1)
+
+
+def _zero_point(info: TensorInfo, findings: Findings) -> None:
+    value = _read_flat(info)
+    if value.numel() and bool((value != 0).any()):
+        shown = [v for v in value.tolist()[:8] if not math.isnan(v)] or value.tolist()[:8]
+        findings.add(
+            "warning",
+            f"{info.name} holds non-zero zero points ({shown}): the KV cache is asymmetric (int8). "
+            "kvcore.load refuses it unless the model's attention has a parameter for it; it is "
+            "never loaded as if symmetric",
+        )
+    else:
+        findings.group("info", "zero point", info.name,
+                       "all-zero zero points of a symmetric scheme; kvcore.load accepts and drops them")
+
+
+def _ordered(scales: dict[str, ScaleEntry]) -> dict[str, ScaleEntry]:
+    return {name: scales[name] for name in SCALE_NAMES if name in scales}
+

@@ -1,0 +1,99 @@
+"""Human-readable output of ``kvcore plugins``, ``kvcore inspect`` and ``kvcore demo``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kvcore._demo import DemoResult
+from kvcore._inspect import Anomaly, Inspection
+from kvcore._plugins import PluginRecord
+from kvcore._table import Style, render_table
+
+__all__ = ["fmt_value", "render_demo", "render_inspection", "render_plugins"]
+
+LEVEL_COLOURS = {"error": "red", "warning": "yellow", "info": "cyan"}
+STATUS_COLOURS = {"loaded": "green", "failed": "red", "incompatible": "red", "blocked": "yellow",
+                  "skipped": "yellow"}
+
+
+def fmt_value(value: object) -> str:
+    """``0.00138092``, or ``[0.0125, 0.015625]`` for per-head scales."""
+    if isinstance(value, list):
+        return "[" + ", ".join(fmt_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def render_plugins(records: Sequence[PluginRecord], style: Style) -> str:
+    """One row per plugin; the errors of failed ones below the table, in full."""
+    if not records:
+        return ("no kvcore plugins are installed; the first-party ones are: "
+                "pip install kvcore-fp8 kvcore-quark kvcore-compressed-tensors")
+    rows = [[r.name, r.distribution, r.version, r.status, ", ".join(r.hooks) or "-", r.module] for r in records]
+    colours = [[None, None, None, STATUS_COLOURS.get(r.status), None, None] for r in records]
+    lines = [render_table(["plugin", "distribution", "version", "status", "hooks", "module"], rows, style, colours)]
+    for r in records:
+        if r.error:
+            lines.append(f"{style(r.name, STATUS_COLOURS.get(r.status))}: {r.error}")
+    return "\n".join(lines)
+
+
+def render_inspection(result: Inspection, style: Style) -> str:
+    """Header, per-layer scale table, anomalies."""
+    plugins = ", ".join(result.plugin_labels.get(p, p) for p in result.plugins) or "none"
+    head = render_table(["checkpoint", result.checkpoint],
+                        [["quant method", result.quant_method or "none (unquantized)"], ["plugins", plugins]])
+    parts = [head, ""]
+    rows: list[list[str]] = []
+    for layer, scales in result.layers.items():
+        for i, (scale, entry) in enumerate(scales.items()):
+            rows.append([layer if i == 0 else "", scale, fmt_value(entry.value), str(entry.shape), entry.dtype,
+                         entry.tensor, ", ".join(entry.plugins) or "-"])
+    if rows:
+        parts.append(render_table(["layer", "scale", "value", "shape", "dtype", "tensor", "plugin"], rows, style))
+    else:
+        parts.append("no KV-cache scales")
+    parts += ["", _anomalies(result.anomalies, style)]
+    return "\n".join(parts)
+
+
+def _anomalies(anomalies: Sequence[Anomaly], style: Style) -> str:
+    if not anomalies:
+        return style("no anomalies", "green")
+    lines = ["anomalies:"]
+    for a in anomalies:
+        lines.append(f"  {style(a.level.ljust(7), LEVEL_COLOURS.get(a.level))}  {a.message}")
+    return "\n".join(lines)
+
+
+def render_demo(results: Sequence[DemoResult], where: str, style: Style) -> str:
+    """Per format: its status line, then per layer each scale's value, source and plugin."""
+    parts = [f"kvcore demo: one small checkpoint per format in {where}, each loaded with kvcore.load "
+             "into a 2-layer reference model (fp8 KV cache)"]
+    for result in results:
+        fmt = result.format
+        status = style(result.status, STATUS_COLOURS.get(result.status))
+        title = f"{style(fmt.name, 'bold')}: {status} ({fmt.producer}; quant_method {fmt.quant_method!r})"
+        parts += ["", title] + ([f"  {result.message}"] if result.message else [])
+        if result.status == "loaded":
+            parts.append(f"  checkpoint {result.checkpoint}; plugins: {', '.join(result.plugins) or 'none'}")
+            parts.append(_indent(_demo_table(result, style)))
+    counts = {s: sum(r.status == s for r in results) for s in ("loaded", "skipped", "failed")}
+    parts += ["", ", ".join(f"{n} {s}" for s, n in counts.items())]
+    return "\n".join(parts)
+
+
+def _demo_table(result: DemoResult, style: Style) -> str:
+    rows, colours = [], []
+    for layer, scales in result.layers.items():
+        for i, (scale, info) in enumerate(scales.items()):
+            source = str(info["source"])
+            rows.append([layer if i == 0 else "", scale, fmt_value(info["value"]), source,
+                         str(info["plugin"] or "-")])
+            colours.append([None, None, None, "dim" if source == "default" else None, None])
+    return render_table(["layer", "scale", "value", "source", "plugin"], rows, style, colours)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
