@@ -1,26 +1,43 @@
 """Plugin discovery: one sorted, isolated, cached scan of the ``kvcore`` entry-point group.
 
 pluggy's ``load_setuptools_entrypoints`` aborts on the first broken plugin, leaves
-half-registered plugins behind and follows filesystem order; kvcore owns the loop instead.
+half-registered plugins behind (pluggy #733), resolves a clashing name silently and follows
+filesystem order; kvcore owns the loop instead:
+
+- one scan per process (:func:`kvcore._entry_points.scan`), sorted by entry-point name then
+  distribution; the same entry point seen twice is folded; one name declared by two
+  distributions is a conflict and neither is used;
+- each plugin is checked for compatibility, imported and registered on its own, and rolled
+  back completely when anything fails; the failure is kept on its :class:`PluginRecord`;
+- ``KVCORE_PLUGINS`` / ``KVCORE_DISABLE_PLUGINS`` / ``KVCORE_STRICT_PLUGINS`` (or the
+  arguments of the same meaning) choose what is loaded and whether failures raise.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib.metadata as md
 import logging
-import os
+import threading
 import warnings
-from collections.abc import Iterable
 
 import pluggy
 
 from kvcore import hookspecs
 from kvcore._compat import incompatibility
+from kvcore._entry_points import normalize, scan
 from kvcore._errors import PluginError
+from kvcore._selection import Names, PluginSelection
 
-__all__ = ["PluginRecord", "PluginSelection", "get_plugin_manager", "plugin_records"]
+__all__ = [
+    "GROUP",
+    "PluginRecord",
+    "PluginSelection",
+    "clear_cache",
+    "get_plugin_manager",
+    "hook_names",
+    "plugin_records",
+    "register_plugin",
+]
 
 log = logging.getLogger("kvcore")
 GROUP = "kvcore"
@@ -28,7 +45,11 @@ GROUP = "kvcore"
 
 @dataclasses.dataclass
 class PluginRecord:
-    """What ``kvcore plugins`` shows about one plugin."""
+    """What ``kvcore plugins`` shows about one plugin.
+
+    ``status`` is ``"loaded"``, ``"failed"``, ``"blocked"`` or ``"incompatible"``; ``error``
+    says why a plugin is not loaded.
+    """
 
     name: str
     distribution: str
@@ -40,45 +61,31 @@ class PluginRecord:
 
     @property
     def label(self) -> str:
-        """``name (distribution version)``, the way messages cite a plugin."""
+        """``'name' (distribution version)``, the way messages cite a plugin."""
         return f"{self.name!r} ({self.distribution} {self.version})"
 
     def as_dict(self) -> dict[str, object]:
+        """The record as ``kvcore plugins --json`` prints it."""
         return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
-class PluginSelection:
-    """Which plugins to load: an allow-list (``None`` = all), a block-list, strictness."""
+class _Entry:
+    """One entry point of the group, with what its distribution declares."""
 
-    allow: frozenset[str] | None = None
-    block: frozenset[str] = frozenset()
-    strict: bool = False
+    name: str
+    value: str
+    distribution: str
+    version: str
+    requires: tuple[str, ...]
 
-    @classmethod
-    def resolve(
-        cls,
-        plugins: Iterable[str] | None = None,
-        disable_plugins: Iterable[str] | None = None,
-        strict: bool | None = None,
-    ) -> PluginSelection:
-        """Arguments win over ``KVCORE_PLUGINS`` / ``KVCORE_DISABLE_PLUGINS`` / ``KVCORE_STRICT_PLUGINS``."""
-        allow = _names(plugins) if plugins is not None else _env_names("KVCORE_PLUGINS")
-        block = _names(disable_plugins) if disable_plugins is not None else _env_names("KVCORE_DISABLE_PLUGINS")
-        if strict is None:
-            strict = os.environ.get("KVCORE_STRICT_PLUGINS", "") not in ("", "0", "false")
-        return cls(allow, block or frozenset(), strict)
+    def record(self) -> PluginRecord:
+        return PluginRecord(self.name, self.distribution, self.version, self.value)
 
+    def load(self) -> object:
+        from importlib.metadata import EntryPoint
 
-def _names(values: Iterable[str]) -> frozenset[str]:
-    if isinstance(values, str):
-        values = values.split(",")
-    return frozenset(v.strip() for v in values if v.strip())
-
-
-def _env_names(variable: str) -> frozenset[str] | None:
-    value = os.environ.get(variable)
-    return None if value is None else _names(value)
+        return EntryPoint(self.name, self.value, GROUP).load()
 
 
 class _Manager(pluggy.PluginManager):
@@ -90,141 +97,187 @@ class _Manager(pluggy.PluginManager):
         self.records: dict[str, PluginRecord] = {}
 
 
+_lock = threading.RLock()
+_scanned: tuple[_Entry, ...] | None = None
+_managers: dict[PluginSelection, _Manager] = {}
+
+
 def get_plugin_manager(
     *,
-    plugins: Iterable[str] | None = None,
-    disable_plugins: Iterable[str] | None = None,
+    plugins: Names | None = None,
+    disable_plugins: Names | None = None,
     strict: bool | None = None,
 ) -> pluggy.PluginManager:
     """The manager with every installed plugin of the entry-point group ``kvcore`` loaded.
 
-    ``plugins`` is an allow-list of entry-point names (``[]`` loads none) and
+    ``plugins`` is an allow-list of entry-point names (``[]`` or ``""`` loads none) and
     ``disable_plugins`` a block-list; when omitted, the environment variables
-    ``KVCORE_PLUGINS`` and ``KVCORE_DISABLE_PLUGINS`` decide. A plugin that fails to load is
-    skipped with a warning (``strict=True`` or ``KVCORE_STRICT_PLUGINS=1``: raised as
-    ``PluginError``). The result is cached per selection.
+    ``KVCORE_PLUGINS`` and ``KVCORE_DISABLE_PLUGINS`` (comma-separated) decide. A plugin that
+    fails to load is skipped with a warning and kept as ``failed`` in the records
+    (``strict=True`` or ``KVCORE_STRICT_PLUGINS=1``: raised as ``PluginError``). Installed
+    distributions are scanned once per process; the manager is cached per selection.
     """
-    return _manager(PluginSelection.resolve(plugins, disable_plugins, strict))
+    selection = PluginSelection.resolve(plugins, disable_plugins, strict)
+    with _lock:
+        pm = _managers.get(selection)
+        if pm is None:
+            pm = _managers[selection] = _build(selection)
+        return pm
 
 
 def plugin_records(pm: pluggy.PluginManager) -> dict[str, PluginRecord]:
-    """The records of ``pm``'s plugins, by entry-point name (empty for a foreign manager)."""
+    """The records of ``pm``'s plugins (entry-point name, or ``name@distribution`` for a rival)."""
     return getattr(pm, "records", {})
 
 
 def clear_cache() -> None:
-    """Forget cached scans and managers (tests that install or fake plugins call this)."""
-    _entry_points.cache_clear()
-    _manager.cache_clear()
+    """Forget the scan and the managers (tests that install or fake plugins call this)."""
+    global _scanned
+    with _lock:
+        _scanned = None
+        _managers.clear()
 
 
-@functools.lru_cache(maxsize=1)
-def _entry_points() -> tuple[tuple[md.EntryPoint, str, str], ...]:
-    found = {
-        (ep.name, ep.value, _dist_name(ep), _dist_version(ep))
-        for ep in md.entry_points(group=GROUP)
-    }
-    ordered = sorted(found, key=lambda item: (item[0], item[2]))
-    return tuple((md.EntryPoint(name, value, GROUP), dist, version) for name, value, dist, version in ordered)
+def _entries() -> tuple[_Entry, ...]:
+    global _scanned
+    if _scanned is None:
+        found: dict[tuple[str, str, str], _Entry] = {}
+        for ep in scan(GROUP):
+            entry = _entry(ep)
+            # The same entry point of the same distribution seen twice is one plugin; the
+            # first seen is the copy Python imports.
+            found.setdefault((entry.name, entry.value, normalize(entry.distribution)), entry)
+        # Sorted, so that the order mappers are ORed in never depends on the filesystem.
+        _scanned = tuple(sorted(found.values(), key=lambda e: (e.name, normalize(e.distribution), e.value)))
+    return _scanned
 
 
-def _dist_name(ep: md.EntryPoint) -> str:
+def _entry(ep: object) -> _Entry:
     dist = getattr(ep, "dist", None)
-    return dist.metadata["Name"] if dist is not None else "<unknown>"
+    name, value = getattr(ep, "name", "?"), getattr(ep, "value", "?")
+    if dist is None:
+        return _Entry(name, value, "<unknown distribution>", "?", ())
+    meta = dist.metadata
+    requires = meta.get_all("Requires-Dist") if meta is not None else None
+    if requires is None:
+        requires = dist.requires or []  # an egg-info keeps them in requires.txt
+    dist_name = (meta["Name"] if meta is not None else None) or getattr(dist, "name", None) or "<unnamed>"
+    version = (meta["Version"] if meta is not None else None) or "?"
+    return _Entry(name, value, dist_name, version, tuple(requires))
 
 
-def _dist_version(ep: md.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    return dist.version if dist is not None else "?"
-
-
-@functools.lru_cache(maxsize=16)
-def _manager(selection: PluginSelection) -> _Manager:
+def _build(selection: PluginSelection) -> _Manager:
     pm = _Manager()
-    groups: dict[str, list[tuple[md.EntryPoint, str, str]]] = {}
-    for entry in _entry_points():
-        groups.setdefault(entry[0].name, []).append(entry)
-    if selection.allow is not None:
-        for unknown in sorted(selection.allow - groups.keys()):
-            _warn(f"KVCORE_PLUGINS names plugin {unknown!r}, which is not installed")
+    groups: dict[str, list[_Entry]] = {}
+    for entry in _entries():
+        groups.setdefault(entry.name, []).append(entry)
+    _warn_unknown(selection, set(groups))
     for name, group in groups.items():
-        records = [PluginRecord(name, dist, version, ep.value) for ep, dist, version in group]
+        records = [entry.record() for entry in group]
         for i, record in enumerate(records):
             pm.records[name if i == 0 else f"{name}@{record.distribution}"] = record
-        if len(group) > 1:
+        if not selection.selects(name):
+            for record in records:
+                record.status = "blocked"
+                record.error = selection.why_blocked(name)
+        elif len(group) > 1:
             _conflict(records, selection)
-        elif not _selected(selection, name):
-            records[0].status = "blocked"
         else:
-            _register(pm, group[0][0], records[0], selection)
+            _load(pm, group[0], records[0], selection)
     return pm
 
 
-def _selected(selection: PluginSelection, name: str) -> bool:
-    if name in selection.block:
-        return False
-    return selection.allow is None or name in selection.allow
+def _warn_unknown(selection: PluginSelection, known: set[str]) -> None:
+    for kind, names in (("allow", selection.allow), ("block", selection.block)):
+        for unknown in sorted((names or frozenset()) - known):
+            _warn(
+                f"{selection.source(kind)} names plugin {unknown!r}, which is not installed "
+                f"(installed plugins: {', '.join(sorted(known)) or 'none'})"
+            )
 
 
 def _conflict(records: list[PluginRecord], selection: PluginSelection) -> None:
-    rivals = ", ".join(f"{r.distribution} {r.version} ({r.module})" for r in records)
+    rivals = "; ".join(f"{r.distribution} {r.version} ({r.module})" for r in records)
     message = (
-        f"plugin name {records[0].name!r} is declared by several distributions: {rivals}; "
-        "none of them is used. Uninstall all but one"
+        f"plugin name {records[0].name!r} is declared by several distributions or entry points: "
+        f"{rivals}. None of them is used; uninstall all but one (pip uninstall <distribution>)"
     )
     for record in records:
         record.status, record.error = "failed", message
     _fail(message, selection)
 
 
-def _register(pm: _Manager, ep: md.EntryPoint, record: PluginRecord, selection: PluginSelection) -> None:
-    problem = incompatibility(record.distribution)
+def _load(pm: _Manager, entry: _Entry, record: PluginRecord, selection: PluginSelection) -> None:
+    problem = incompatibility(entry.distribution, entry.requires)
     if problem is not None:
         record.status, record.error = "incompatible", problem
         _fail(f"plugin {record.label} is not used: {problem}", selection)
         return
     try:
-        register_plugin(pm, ep.load(), ep.name)
-    except Exception as exc:  # noqa: BLE001 - third-party code may fail in any way; report it
+        register_plugin(pm, entry.load(), entry.name)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - third-party code may fail in any way
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
-        _fail(f"plugin {record.label} failed to load and is skipped: {record.error}", selection)
+        _fail(
+            f"plugin {record.label} (module {record.module}) failed to load and is skipped: "
+            f"{record.error}. Fix or reinstall it, or disable it with KVCORE_DISABLE_PLUGINS={record.name}",
+            selection,
+        )
         return
-    record.hooks = hook_names(pm, ep.name)
+    record.hooks = hook_names(pm, entry.name)
 
 
 def register_plugin(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
-    """Register ``plugin`` as ``name``, or leave ``pm`` exactly as it was and raise."""
+    """Register ``plugin`` as ``name``, or leave ``pm`` exactly as it was and raise ``PluginError``.
+
+    Every hook implementation is checked first (known hook, no wrappers); pluggy then checks
+    the signatures. Whatever fails, nothing of ``plugin`` stays registered (pluggy #733).
+    """
+    _check_impls(pm, plugin, name)
     try:
         pm.register(plugin, name=name)
-        unknown = [h for h in _callers(pm, name) if not h.has_spec()]
-        if unknown:
-            known = ", ".join(sorted(n for n in dir(pm.hook) if not n.startswith("_")))
-            raise PluginError(
-                f"plugin {name!r} implements unknown hook(s) {', '.join(h.name for h in unknown)}; "
-                f"kvcore's hooks are: {known}"
-            )
-    except BaseException:
-        if pm.get_plugin(name) is not None:
+    except BaseException as exc:
+        if pm.get_plugin(name) is plugin:
             pm.unregister(name=name)
+        if isinstance(exc, pluggy.PluginValidationError):
+            raise PluginError(
+                f"plugin {name!r} does not match kvcore's hook specification: {exc}. A hook takes "
+                "only arguments that the spec names (see kvcore.hookspecs)"
+            ) from exc
         raise
+
+
+def _check_impls(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    known = sorted(n for n, caller in vars(pm.hook).items() if caller.has_spec())
+    for attr in dir(plugin):
+        opts = pm.parse_hookimpl_opts(plugin, attr)
+        if opts is None:
+            continue
+        hook = opts.get("specname") or attr
+        if hook not in known:
+            raise PluginError(
+                f"plugin {name!r} implements unknown hook {hook!r}; kvcore's hooks are: "
+                f"{', '.join(known)}. Rename the function or drop its @kvcore.hookimpl"
+            )
+        if opts.get("hookwrapper") or opts.get("wrapper"):
+            raise PluginError(
+                f"plugin {name!r} implements {hook!r} as a wrapper; kvcore calls each plugin's "
+                "hook on its own, so declare it with a plain @kvcore.hookimpl"
+            )
 
 
 def hook_names(pm: pluggy.PluginManager, name: str) -> list[str]:
     """The hooks the plugin registered as ``name`` implements."""
-    return sorted(caller.name for caller in _callers(pm, name))
-
-
-def _callers(pm: pluggy.PluginManager, name: str) -> list[pluggy.HookCaller]:
     plugin = pm.get_plugin(name)
-    return list(pm.get_hookcallers(plugin) or []) if plugin is not None else []
+    callers = pm.get_hookcallers(plugin) if plugin is not None else None
+    return sorted(caller.name for caller in callers or [])
 
 
 def _fail(message: str, selection: PluginSelection) -> None:
     if selection.strict:
-        raise PluginError(message + " (strict plugin loading is on: KVCORE_STRICT_PLUGINS)")
+        raise PluginError(message + " (strict plugin loading is on: KVCORE_STRICT_PLUGINS / strict=True)")
     _warn(message)
 
 
 def _warn(message: str) -> None:
     log.warning(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=4)
+    warnings.warn(message, RuntimeWarning, stacklevel=5)
