@@ -30,7 +30,16 @@ class KvcoreError(Exception):
 
 
 class CheckpointError(KvcoreError):
-    """The checkpoint cannot be read: missing, truncated, corrupt or unsafe files."""
+    """The checkpoint cannot be read: missing, truncated, corrupt or unsafe files.
+
+    ``written`` names the model's parameters (and buffers) already written, or being
+    written, when the error was raised. It is empty for every error found while planning,
+    which means the model is untouched; when it is not empty, discard the model.
+    """
+
+    def __init__(self, message: str, *, written: frozenset[str] = frozenset()) -> None:
+        super().__init__(message)
+        self.written = frozenset(written)
 
 
 class QuantConfigError(KvcoreError):

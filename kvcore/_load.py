@@ -19,6 +19,7 @@ from kvcore._plan import Plan, build_plan, suggest
 from kvcore._plugins import get_plugin_manager, plugin_records
 from kvcore._progress import default_progress
 from kvcore._report import LoadReport
+from kvcore._safetensors import check_shards_unchanged
 from kvcore._targets import attention_modules, model_targets
 
 __all__ = ["load", "plugin_mappers"]
@@ -51,8 +52,10 @@ def load(
     contributions = plugin_mappers(ckpt, strict=strict, plugins=plugins, disable_plugins=disable_plugins)
     combined = combine(mapper if mapper is not None else WeightsMapper(), contributions)
     check_name_conflicts(ckpt.tensors, contributions)
-    plan = build_plan(ckpt.tensors.values(), model_targets(model), combined)
-    _settle_strictness(plan, strict, model)
+    targets = model_targets(model)
+    plan = build_plan(ckpt.tensors.values(), targets, combined)
+    _settle_strictness(plan, strict, ckpt, list(targets))
+    check_shards_unchanged(ckpt.shards)  # a shard rewritten since planning is refused before any write
     with default_progress(plan.copies, progress) as report_bytes:  # a bar on a TTY for big loads
         loaded = copy_all(plan.copies, report_bytes)
     return _finalise(model, ckpt, contributions, plan, loaded)
@@ -69,7 +72,15 @@ def plugin_mappers(
     if ckpt.quant_config is None:
         return []
     pm = get_plugin_manager(plugins=plugins, disable_plugins=disable_plugins)
-    contributions = collect_mappers(pm, ckpt.quant_config)
+    source = ckpt.quant_config.source or str(ckpt.directory)
+    try:
+        contributions = collect_mappers(pm, ckpt.quant_config)
+    except QuantConfigError as exc:
+        # Plugins name the field; only the core knows which file the config came from.
+        raise QuantConfigError(
+            f"{source}: {exc}. Correct the config in {source.rpartition(':')[0] or source}, or "
+            "re-export the checkpoint with a setting the plugin supports"
+        ) from exc
     if contributions:
         return contributions
     method = ckpt.quant_config.quant_method
@@ -111,17 +122,16 @@ def check_name_conflicts(names: Iterable[str], contributions: list[Contribution]
             claims[mapped] = contribution
 
 
-def _settle_strictness(plan: Plan, strict: bool, model: torch.nn.Module) -> None:
+def _settle_strictness(plan: Plan, strict: bool, ckpt: Checkpoint, targets: list[str]) -> None:
     if not plan.unexpected and not plan.missing:
         return
-    targets = [name for name, _ in model.named_parameters()]
     lines = []
     if plan.unexpected:
         lines.append(f"{len(plan.unexpected)} checkpoint tensor(s) match no model parameter:")
-        lines += [_unexpected_line(name, plan.renamed[name], targets) for name in plan.unexpected]
+        lines += [_unexpected_line(ckpt, name, plan.renamed[name], targets) for name in plan.unexpected]
     if plan.missing:
-        lines.append(f"{len(plan.missing)} model parameter(s) are not in the checkpoint:")
-        lines += [f"  {name}" for name in plan.missing]
+        lines.append(f"{len(plan.missing)} model parameter(s) are not in the checkpoint {ckpt.directory}:")
+        lines += [f"  {name}{suggest(name, plan.unexpected)}" for name in plan.missing]
     if strict:
         raise WeightLoadError(
             "\n".join(lines)
@@ -133,9 +143,9 @@ def _settle_strictness(plan: Plan, strict: bool, model: torch.nn.Module) -> None
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
-def _unexpected_line(name: str, mapped: str, targets: list[str]) -> str:
+def _unexpected_line(ckpt: Checkpoint, name: str, mapped: str, targets: list[str]) -> str:
     shown = name if mapped == name else f"{name} (mapped to {mapped})"
-    return f"  {shown}{suggest(mapped, targets)}"
+    return f"  {shown} in {ckpt.tensors[name].path.name}{suggest(mapped, targets)}"
 
 
 def _finalise(

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "FileStamp",
     "ShardHeader",
     "TensorInfo",
+    "check_shards_unchanged",
     "check_unchanged",
     "read_header",
     "read_tensor",
@@ -237,6 +239,18 @@ def check_unchanged(info: TensorInfo, fileno: int) -> None:
         "nothing from the new version is loaded. Wait until the file is no longer being written "
         "(download or copy finished), then load again"
     )
+
+
+def check_shards_unchanged(shards: Iterable[ShardHeader]) -> None:
+    """Raise ``CheckpointError`` if any shard differs from the file whose header was read."""
+    for shard in shards:
+        if shard.stamp is None or not shard.tensors:
+            continue
+        try:
+            with open(shard.path, "rb") as f:
+                check_unchanged(shard.tensors[0], f.fileno())
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {shard.path} any more: {exc}; load again") from exc
 
 
 def _change(before: FileStamp, after: FileStamp) -> str:
