@@ -6,6 +6,15 @@
   :class:`kvcore.Attention` at ``model.layers.N.self_attn.attn``, optionally with fp8
   linear layers that carry ``weight_scale`` / ``input_scale`` the way quantized
   checkpoints do.
+
+For plugin authors (see docs/writing-a-plugin.md):
+
+- :func:`registered_plugin` registers a plugin object for one ``with`` block on the manager
+  that ``kvcore.load`` uses, and unregisters it afterwards;
+- :func:`assert_maps` asserts a mapper's name -> target table, listing every difference;
+- :func:`check_plugin` is the conformance check to run in a plugin's own CI: hook
+  signatures, ``None`` for foreign formats, a mapper for its own, idempotent mapping over
+  real-looking names (:data:`REAL_LOOKING_NAMES`), and kvcore errors only.
 """
 
 from __future__ import annotations
@@ -19,8 +28,17 @@ import torch
 from safetensors.torch import save_file
 
 from kvcore._attention import Attention
+from kvcore._conformance import REAL_LOOKING_NAMES, assert_maps, check_plugin, registered_plugin
 
-__all__ = ["FP8Linear", "tiny_llama", "write_checkpoint"]
+__all__ = [
+    "REAL_LOOKING_NAMES",
+    "FP8Linear",
+    "assert_maps",
+    "check_plugin",
+    "registered_plugin",
+    "tiny_llama",
+    "write_checkpoint",
+]
 
 
 def write_checkpoint(
