@@ -24,9 +24,9 @@ __all__ = ["KV_SCALE_MAPPER", "CompressedTensorsConfig", "KvCacheScheme", "get_c
 
 KV_SCALE_MAPPER = kvcore.WeightsMapper(
     orig_to_new_regex={
-        # The lookbehinds keep the rules idempotent: ``...attn.k_scale`` is already mapped.
-        r"(?<!\.attn)\.([kvq])_scale$": r".attn.\1_scale",
-        r"(?<!\.attn)\.([kvq])_zero_point$": r".attn.\1_zero_point",
+        # The lookbehinds keep the rules idempotent: ``attn.k_scale`` / ``...attn.k_scale`` are already mapped.
+        r"(?<!\.attn)(?<!^attn)\.([kvq])_scale$": r".attn.\1_scale",
+        r"(?<!\.attn)(?<!^attn)\.([kvq])_zero_point$": r".attn.\1_zero_point",
         r"\.([kvq])_proj\.output_scale$": r".attn.\1_scale",
     }
 )

@@ -24,7 +24,8 @@ SUPPORTED = (
 class KvCacheScheme(BaseModel):
     """``kv_cache_scheme``: a compressed-tensors ``QuantizationArgs`` for the K and V outputs."""
 
-    model_config = ConfigDict(extra="allow")
+    # Defaults are validated too: an omitted ``type`` is compressed-tensors' "int", refused.
+    model_config = ConfigDict(extra="allow", validate_default=True)
 
     num_bits: int = Field(8, description="Bits per element; 8 for fp8.")
     type: str = Field("int", description="'float' (fp8) or 'int'; compressed-tensors defaults to 'int'.")

@@ -22,8 +22,8 @@ __all__ = ["Fp8Config", "KV_SCALE_MAPPER", "get_cache_scale_mapper"]
 
 KV_SCALE_MAPPER = kvcore.WeightsMapper(
     orig_to_new_regex={
-        # The lookbehind keeps the rules idempotent: ``...attn.k_scale`` is already mapped.
-        r"(?<!\.attn)\.([kv])_scale$": r".attn.\1_scale",
+        # The lookbehinds keep the rules idempotent: ``attn.k_scale`` / ``...attn.k_scale`` are already mapped.
+        r"(?<!\.attn)(?<!^attn)\.([kv])_scale$": r".attn.\1_scale",
         r"\.kv_scale$": ".attn.k_scale",
     }
 )
