@@ -7,15 +7,17 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from hypothesis import strategies as st
 from safetensors import safe_open
 
 import kvcore
-from kvcore.testing import tiny_llama
+from kvcore.testing import tiny_llama, write_checkpoint
 
 P = "model.layers.{}.self_attn"
 LAYERS = 2
@@ -179,3 +181,13 @@ def names() -> st.SearchStrategy[str]:
 def prefixes() -> st.SearchStrategy[str]:
     """Module paths a name may start with (possibly empty)."""
     return st.lists(_SEGMENT, max_size=5).map(".".join)
+
+
+def genuine_config(folder: str) -> dict[str, Any]:
+    """The full ``config.json`` of a genuine fixture."""
+    return json.loads((FIXTURES / folder / "config.json").read_text())
+
+
+def reshard(folder: str, directory: Path, shards: int) -> Path:
+    """The genuine fixture's tensors and config, rewritten as ``shards`` shards with an index."""
+    return write_checkpoint(directory, read_all(FIXTURES / folder), config=genuine_config(folder), shards=shards)
