@@ -164,10 +164,14 @@ def _scale(info: TensorInfo, target: Target) -> ScaleValue:
     if info.numel != 1 and info.numel != heads:
         raise WeightLoadError(
             f"{_where(info, target.name)} has shape {list(info.shape)}: a KV-cache scale has one "
-            f"element (per-tensor) or num_kv_heads={heads} elements (per-head)"
+            f"element (per-tensor) or num_kv_heads={heads} elements (per-head). Build the model "
+            "with the checkpoint's num_key_value_heads, or re-export the checkpoint"
         )
     if not info.torch_dtype.is_floating_point:
-        raise WeightLoadError(f"{_where(info, target.name)} has dtype {info.dtype}; a scale must be floating point")
+        raise WeightLoadError(
+            f"{_where(info, target.name)} has dtype {info.dtype}; a scale must be floating point. "
+            "Re-export the checkpoint"
+        )
     value = read_tensor(info).to(torch.float32).reshape(-1)
     _check_scale_values(info, target.name, value)
     return ScaleValue(value, info.name)
