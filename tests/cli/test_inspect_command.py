@@ -97,7 +97,9 @@ def test_human_table_names_each_layer_scale_tensor_and_plugin(run_script, cli: S
             assert row.rstrip().endswith("quark")
 
 
-def test_a_sharded_checkpoint_finds_scales_in_every_shard(run_script, cli: SimpleNamespace, checkpoint: Callable) -> None:
+def test_a_sharded_checkpoint_finds_scales_in_every_shard(
+    run_script, cli: SimpleNamespace, checkpoint: Callable
+) -> None:
     tensors = {**cli.kv_layers({"k_scale": 0.02, "v_scale": 0.03}, layers=4),
                **{f"model.layers.{n}.mlp.down_proj.weight": torch.ones(8, 8) for n in range(4)}}
     directory = checkpoint(tensors, quantization_config=cli.AUTOFP8, shards=3)
