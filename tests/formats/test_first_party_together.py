@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import functools
+from types import ModuleType
 
+import pytest
 from formats_support import names
 from hypothesis import given
 
 import kvcore
+import kvcore_compressed_tensors
+import kvcore_fp8
+import kvcore_quark
 from kvcore_compressed_tensors import get_cache_scale_mapper as compressed_tensors
 from kvcore_fp8 import get_cache_scale_mapper as fp8
 from kvcore_quark import get_cache_scale_mapper as quark
@@ -33,3 +38,12 @@ def test_union_of_first_party_mappers_is_idempotent(name: str) -> None:
     union = functools.reduce(lambda a, b: a | b, mappers())
     once = union.map_name(name)
     assert once is not None and union.map_name(once) == once
+
+
+@pytest.mark.parametrize("plugin", [kvcore_fp8, kvcore_quark, kvcore_compressed_tensors])
+def test_each_plugin_documents_its_public_names(plugin: ModuleType) -> None:
+    assert plugin.__doc__
+    assert "get_cache_scale_mapper" in plugin.__all__ and "KV_SCALE_MAPPER" in plugin.__all__
+    for name in plugin.__all__:
+        value = getattr(plugin, name)
+        assert isinstance(value, kvcore.WeightsMapper) or value.__doc__, name
