@@ -83,6 +83,55 @@ def _kind(field_name: str) -> str:
     return field_name.removeprefix("orig_to_new_")
 
 
+# A pattern that refers to its own groups (\1, (?P=name)) or names them cannot be joined with
+# others into one alternation without changing what it matches.
+_GROUP_REFERENCE = re.compile(r"\\[1-9]|\(\?P[=<]|\\g<|\(\?\(")
+
+
+def _any_of(patterns: tuple[Pattern, ...]) -> Pattern | None:
+    """One pattern matching wherever any of ``patterns`` matches, or ``None`` if unsafe to build.
+
+    ``a|b`` tried at each position matches iff ``a`` or ``b`` matches there, so the joined
+    search finds a match exactly when some pattern's own search would.
+    """
+    if len(patterns) < 2 or len({p.flags for p in patterns}) != 1:
+        return None
+    if any(_GROUP_REFERENCE.search(p.pattern) for p in patterns):
+        return None
+    try:
+        return re.compile("|".join(f"(?:{p.pattern})" for p in patterns), patterns[0].flags)
+    except (re.error, TypeError):
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _FastRules:
+    """A mapper's rules as tuples, with the one-call pre-checks ``map_name`` starts with."""
+
+    regex: tuple[tuple[Pattern, Target], ...]
+    regex_any: Pattern | None
+    substr: tuple[tuple[str, Target], ...]
+    prefix: tuple[tuple[str, Target], ...]
+    prefixes: tuple[str, ...]
+    suffix: tuple[tuple[str, Target], ...]
+    suffixes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, mapper: WeightsMapper) -> _FastRules:
+        regex = tuple(mapper.orig_to_new_regex.items())
+        prefix = tuple(mapper.orig_to_new_prefix.items())
+        suffix = tuple(mapper.orig_to_new_suffix.items())
+        return cls(
+            regex,
+            _any_of(tuple(p for p, _ in regex)),
+            tuple(mapper.orig_to_new_substr.items()),
+            prefix,
+            tuple(p for p, _ in prefix),
+            suffix,
+            tuple(s for s, _ in suffix),
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightsMapper:
     """Rewrite checkpoint tensor names into model parameter names.
@@ -103,6 +152,9 @@ class WeightsMapper:
         for f in dataclasses.fields(self):
             rules = _Rules(getattr(self, f.name), _NORMALIZERS.get(f.name, _identity))
             object.__setattr__(self, f.name, rules)
+        # map_name runs once per checkpoint tensor (10^5 on big MoE checkpoints): precompute
+        # plain tuples, and a single test per kind that rejects names no rule of it touches.
+        object.__setattr__(self, "_fast", _FastRules.of(self))
 
     def __or__(self, other: object) -> WeightsMapper:
         if not isinstance(other, WeightsMapper):
@@ -126,27 +178,31 @@ class WeightsMapper:
 
     def map_name(self, name: str) -> str | None:
         """Return ``name`` rewritten by every matching rule, or ``None`` if a rule drops it."""
+        fast: _FastRules = self.__dict__["_fast"]  # set in __post_init__, not a dataclass field
         key = name
-        for pattern, target in self.orig_to_new_regex.items():
-            if pattern.search(key):
-                if target is None:
-                    return None
-                key = pattern.sub(target, key)
-        for substr, target in self.orig_to_new_substr.items():
+        if fast.regex and (fast.regex_any is None or fast.regex_any.search(key)):
+            for pattern, target in fast.regex:
+                if pattern.search(key):
+                    if target is None:
+                        return None
+                    key = pattern.sub(target, key)
+        for substr, target in fast.substr:
             if substr in key:
                 if target is None:
                     return None
                 key = key.replace(substr, target, 1)
-        for prefix, target in self.orig_to_new_prefix.items():
-            if key.startswith(prefix):
-                if target is None:
-                    return None
-                key = key.replace(prefix, target, 1)
-        for suffix, target in self.orig_to_new_suffix.items():
-            if key.endswith(suffix):
-                if target is None:
-                    return None
-                key = target.join(key.rsplit(suffix, 1))
+        if fast.prefix and key.startswith(fast.prefixes):
+            for prefix, target in fast.prefix:
+                if key.startswith(prefix):
+                    if target is None:
+                        return None
+                    key = key.replace(prefix, target, 1)
+        if fast.suffix and key.endswith(fast.suffixes):
+            for suffix, target in fast.suffix:
+                if key.endswith(suffix):
+                    if target is None:
+                        return None
+                    key = target.join(key.rsplit(suffix, 1))
         return key
 
     def apply(self, weights: Iterable[tuple[str, V]]) -> Iterator[tuple[str, V]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import torch
 
@@ -30,13 +31,19 @@ SKIP_SUBSTRS = (
 ZERO_POINT_NAMES = {"k_zero_point", "v_zero_point", "q_zero_point"}
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Copy:
-    """Copy checkpoint tensor ``info`` into ``target`` (through ``loader`` when it has one)."""
+class Copy(NamedTuple):
+    """Copy checkpoint tensor ``info`` into ``target`` (through ``loader`` when it has one).
+
+    ``direct``: the bytes can be read from the file straight into the tensor's memory (a
+    contiguous CPU tensor of the same dtype and size, no loader); otherwise the copier
+    goes through a torch view of the mapped file. A tuple, not a dataclass: a plan holds
+    one per checkpoint tensor, and frozen dataclasses are several times slower to build.
+    """
 
     info: TensorInfo
     target: Target
     loader: Callable[[torch.Tensor, torch.Tensor], object] | None
+    direct: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,12 +78,14 @@ def build_plan(
     """Resolve every tensor; raise on the first bad one, collect unexpected and missing."""
     plan = Plan([], {}, [], [], [])
     claimed: dict[int, str] = {}
+    # Runs once per checkpoint tensor: keep the per-tensor work to lookups and a tuple.
+    map_name, find, copies = mapper.map_name, targets.get, plan.copies
     for info in tensors:
-        name = mapper.map_name(info.name)
-        if name is None or any(s in name for s in SKIP_SUBSTRS):
+        name = map_name(info.name)
+        if name is None or ("rotary_" in name and any(s in name for s in SKIP_SUBSTRS)):
             plan.dropped.append(info.name)
             continue
-        target = targets.get(name)
+        target = find(name)
         if target is None:
             _unresolved(plan, info, name, targets)
             continue
@@ -85,12 +94,37 @@ def build_plan(
             plan.scales.setdefault(target.module_name, {})[target.attr] = _scale(info, target)
         else:
             check_fits(info, target)
-            loader = getattr(target.tensor, "weight_loader", None)
-            plan.copies.append(Copy(info, target, loader))
-    plan.copies.sort(key=lambda c: (str(c.info.path), c.info.start))
+            copies.append(Copy(info, target, target.loader, _direct(info, target)))
+    _sort_by_file(copies)
     plan.missing = _missing(targets, claimed)
     plan.unexpected.sort()
     return plan
+
+
+def _sort_by_file(copies: list[Copy]) -> None:
+    """Order ``copies`` by shard file name, then offset (``str(path)`` once per shard)."""
+    paths = {c.info.path for c in copies}
+    rank = {path: i for i, path in enumerate(sorted(paths, key=str))}
+    copies.sort(key=lambda c: (rank[c.info.path], c.info.start))
+
+
+PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+"""Tensor classes whose memory the copier may fill directly (subclasses may intercept writes)."""
+
+
+def _direct(info: TensorInfo, target: Target) -> bool:
+    """Whether ``info``'s bytes may go straight into ``target``'s memory (see ``Copy``)."""
+    tensor = target.tensor
+    return (
+        target.loader is None
+        and info.end > info.start
+        and type(tensor) in PLAIN_TYPES
+        and tensor.dtype == info.torch_dtype
+        and tensor.device.type == "cpu"
+        and tensor.layout == torch.strided
+        and tensor.is_contiguous()
+        and tensor.numel() == info.numel
+    )
 
 
 def _unresolved(plan: Plan, info: TensorInfo, name: str, targets: dict[str, Target]) -> None:
@@ -138,8 +172,8 @@ def _where(info: TensorInfo, target: str) -> str:
 def check_fits(info: TensorInfo, target: Target) -> None:
     """Shape and dtype of ``info`` suit ``target`` (custom loaders judge shapes themselves)."""
     tensor = target.tensor
-    same_shape = tuple(tensor.shape) == info.shape or (tensor.numel() == 1 and info.numel == 1)
-    if not same_shape and getattr(tensor, "weight_loader", None) is None:
+    same_shape = tensor.shape == info.shape or (tensor.numel() == 1 and info.numel == 1)
+    if not same_shape and target.loader is None:
         raise WeightLoadError(
             f"{_where(info, target.name)} has shape {list(info.shape)} but the parameter has "
             f"shape {list(tensor.shape)}; the checkpoint was made for a different model config"
