@@ -70,7 +70,7 @@ def _shard_paths(directory: Path) -> list[Path]:
         return _indexed_shards(directory, index)
     if (directory / SINGLE_FILE).is_file():
         return [directory / SINGLE_FILE]
-    found = sorted(directory.glob("*.safetensors"))
+    found = sorted(p for p in directory.glob("*.safetensors") if p.is_file())  # not a FIFO or directory
     if len(found) == 1:
         return found
     if found:
@@ -175,6 +175,8 @@ def _read_json(path: Path, *, required: bool) -> dict[str, Any]:
         if required:
             raise CheckpointError(f"{path} is missing; re-download the checkpoint")
         return {}
+    if not path.is_file():  # a directory, or a FIFO that would block the read forever
+        raise CheckpointError(f"{path} is not a regular file; replace it with the JSON file it should be")
     try:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise CheckpointError(f"{path} is larger than {MAX_JSON_BYTES} bytes; it cannot be a real {path.name}")

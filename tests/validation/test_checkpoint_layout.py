@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,20 @@ def test_checkpoint_directory_that_does_not_exist(model: torch.nn.Module, tmp_pa
 def test_directory_without_safetensors(model: torch.nn.Module, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     expect_refusal(model, tmp_path, CheckpointError, str(tmp_path), "no model.safetensors", "point kvcore at")
+
+
+@pytest.mark.parametrize("name", ["config.json", "hf_quant_config.json"])
+def test_json_file_that_is_not_a_regular_file(model: torch.nn.Module, ckpt: Path, name: str) -> None:
+    # A FIFO would block the read forever; a directory cannot be read at all.
+    if name == "hf_quant_config.json":
+        (ckpt / "config.json").write_text('{"model_type": "llama"}')
+    else:
+        (ckpt / name).unlink()
+    os.mkfifo(ckpt / name)
+    expect_refusal(model, ckpt, CheckpointError, str(ckpt / name), "not a regular file")
+
+
+def test_json_file_above_the_size_cap(model: torch.nn.Module, ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cap = (ckpt / INDEX).stat().st_size - 1  # the real cap is 100 MiB; shrink it rather than write that much
+    monkeypatch.setattr("kvcore._checkpoint.MAX_JSON_BYTES", cap)
+    expect_refusal(model, ckpt, CheckpointError, str(ckpt / INDEX), f"larger than {cap} bytes")
