@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 from collections.abc import Iterable
 
@@ -11,6 +12,7 @@ from packaging.version import InvalidVersion, Version
 __all__ = ["incompatibility", "kvcore_version"]
 
 
+@functools.cache  # the running version cannot change; looking it up scans sys.path
 def kvcore_version() -> str:
     """The running kvcore's version (from its installed metadata, else the package)."""
     try:

@@ -60,12 +60,21 @@ def scan(group: str) -> list[md.EntryPoint]:
 
 def _mentioning(folder: str, needle: bytes) -> md.Distribution | None:
     """The distribution in ``folder`` if its ``entry_points.txt`` mentions ``needle``."""
+    # os.open/os.read: most distributions have no entry_points.txt, and the others are
+    # small; the buffered file objects of open() would cost more than the read itself.
     try:
-        with open(os.path.join(folder, "entry_points.txt"), "rb") as f:
-            data = f.read()
+        fd = os.open(os.path.join(folder, "entry_points.txt"), os.O_RDONLY)
     except OSError:  # no entry points (most distributions), or unreadable: importlib skips those too
         return None
-    return md.PathDistribution(Path(folder)) if needle in data else None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return md.PathDistribution(Path(folder)) if needle in b"".join(chunks) else None
 
 
 def _candidates() -> Iterator[Candidate]:

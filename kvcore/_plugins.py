@@ -230,15 +230,19 @@ def _load(pm: _Manager, entry: _Entry, record: PluginRecord, selection: PluginSe
 def register_plugin(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
     """Register ``plugin`` as ``name``, or leave ``pm`` exactly as it was and raise ``PluginError``.
 
-    Every hook implementation is checked first (known hook, no wrappers); pluggy then checks
-    the signatures. Whatever fails, nothing of ``plugin`` stays registered (pluggy #733).
+    pluggy checks each implementation's signature against its spec; kvcore then refuses
+    unknown hooks and wrappers. Whatever fails, nothing of ``plugin`` stays registered and
+    no hook it invented stays behind (pluggy #733 leaves half-registered plugins).
     """
-    _check_impls(pm, plugin, name)
+    before = set(vars(pm.hook))
     try:
         pm.register(plugin, name=name)
+        _check_impls(pm, plugin, name)
     except BaseException as exc:
         if pm.get_plugin(name) is plugin:
             pm.unregister(name=name)
+        for invented in set(vars(pm.hook)) - before:
+            delattr(pm.hook, invented)
         if isinstance(exc, pluggy.PluginValidationError):
             raise PluginError(
                 f"plugin {name!r} does not match kvcore's hook specification: {exc}. A hook takes "
@@ -248,20 +252,16 @@ def register_plugin(pm: pluggy.PluginManager, plugin: object, name: str) -> None
 
 
 def _check_impls(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
-    known = sorted(n for n, caller in vars(pm.hook).items() if caller.has_spec())
-    for attr in dir(plugin):
-        opts = pm.parse_hookimpl_opts(plugin, attr)
-        if opts is None:
-            continue
-        hook = opts.get("specname") or attr
-        if hook not in known:
+    for caller in pm.get_hookcallers(plugin) or []:
+        if not caller.has_spec():
+            known = sorted(n for n, c in vars(pm.hook).items() if c.has_spec())
             raise PluginError(
-                f"plugin {name!r} implements unknown hook {hook!r}; kvcore's hooks are: "
+                f"plugin {name!r} implements unknown hook {caller.name!r}; kvcore's hooks are: "
                 f"{', '.join(known)}. Rename the function or drop its @kvcore.hookimpl"
             )
-        if opts.get("hookwrapper") or opts.get("wrapper"):
+        if any(impl.hookwrapper or impl.wrapper for impl in caller.get_hookimpls() if impl.plugin is plugin):
             raise PluginError(
-                f"plugin {name!r} implements {hook!r} as a wrapper; kvcore calls each plugin's "
+                f"plugin {name!r} implements {caller.name!r} as a wrapper; kvcore calls each plugin's "
                 "hook on its own, so declare it with a plain @kvcore.hookimpl"
             )
 
