@@ -7,13 +7,20 @@ and arguments match the specs below. Ship it as a distribution that declares::
     myformat = "kvcore_myformat"
 
 ``pip install`` it and every engine that uses kvcore finds it. A plugin imports only
-kvcore's public names.
+kvcore's public names. ``docs/writing-a-plugin.md`` walks through one, and
+``kvcore.testing.check_plugin`` checks one against this contract.
+
+Registration refuses a function marked ``@kvcore.hookimpl`` whose name is not a hook below
+(a typo would otherwise never be called), arguments that the spec does not name, and
+wrappers (``hookwrapper``/``wrapper``): kvcore calls each plugin's hook on its own, in
+entry-point-name order, so that a fault or a conflict names the plugin responsible.
 
 Compatibility policy: hook arguments may be added in later kvcore versions, never removed
 or renamed. pluggy passes a hook only the arguments its implementation names, so a plugin
-written today keeps working. Declare the kvcore versions you support in your distribution's
-dependencies (``kvcore>=0.1,<2``); a plugin whose requirement excludes the running kvcore is
-reported as ``incompatible`` and not used.
+written today keeps working. New hooks may be added; none is ever required. Declare the
+kvcore versions you support in your distribution's dependencies (``kvcore>=0.1,<0.2``); a
+plugin whose requirement excludes the running kvcore is reported as ``incompatible`` and
+not used.
 """
 
 from __future__ import annotations
