@@ -16,7 +16,7 @@ import torch
 from kvcore._checkpoint import Checkpoint, read_checkpoint
 from kvcore._contributions import Contribution, combine
 from kvcore._errors import KvcoreError
-from kvcore._inspect_checks import Findings, check_layers, check_value, is_scale_like
+from kvcore._inspect_checks import Findings, check_layers, check_value, is_scale_like, layer_pattern
 from kvcore._load import check_name_conflicts, plugin_mappers
 from kvcore._mapper import WeightsMapper
 from kvcore._safetensors import TensorInfo, read_tensor
@@ -110,7 +110,7 @@ def inspect_checkpoint(path: str | Path) -> Inspection:
         elif attr in KV_BIASES:
             findings.group("warning", f"{attr} present", name, _BIAS_NOTE)
         elif mapped == name and is_scale_like(name):
-            findings.group("warning", "unmapped", name, _UNMAPPED_NOTE)
+            findings.group("warning", f"unmapped {layer_pattern(name)}", name, _UNMAPPED_NOTE)
     ordered = {layer: _ordered(layers[layer]) for layer in sorted(layers, key=natural_key)}
     check_layers(ckpt.quant_config is not None, ordered, findings)
     labels = {c.plugin: c.label for c in contributions}

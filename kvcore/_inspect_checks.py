@@ -11,7 +11,7 @@ import torch
 
 from kvcore._safetensors import TensorInfo
 
-__all__ = ["LOW", "HIGH", "Findings", "check_layers", "check_value", "is_scale_like"]
+__all__ = ["HIGH", "LOW", "Findings", "check_layers", "check_value", "is_scale_like", "layer_pattern"]
 
 LOW, HIGH = 1e-6, 1e4
 """Outside these, a scale (= amax / 448) means an amax below ~4.5e-4 or above ~4.5e6:
@@ -52,8 +52,13 @@ def describe(names: list[str]) -> str:
     """A few names in full; many as their layer pattern, a count and the first one."""
     if len(names) <= 4:
         return ", ".join(names)
-    patterns = list(dict.fromkeys(re.sub(r"\.\d+(?=\.)", ".N", n) for n in names))
+    patterns = list(dict.fromkeys(layer_pattern(n) for n in names))
     return f"{', '.join(patterns)} ({len(names)} tensors, e.g. {names[0]})"
+
+
+def layer_pattern(name: str) -> str:
+    """``model.layers.7.self_attn.k_scale`` -> ``model.layers.N.self_attn.k_scale``."""
+    return re.sub(r"\.\d+(?=\.)", ".N", name)
 
 
 def is_scale_like(name: str) -> bool:
