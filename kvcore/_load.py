@@ -14,6 +14,7 @@ from kvcore._contributions import Contribution, collect_mappers, combine
 from kvcore._copy import copy_all
 from kvcore._errors import MapperConflictError, QuantConfigError, WeightLoadError
 from kvcore._finalise import finalise_module
+from kvcore._gc import paused_gc
 from kvcore._mapper import WeightsMapper
 from kvcore._plan import Plan, build_plan, suggest
 from kvcore._plugins import get_plugin_manager, plugin_records
@@ -27,6 +28,7 @@ __all__ = ["load", "plugin_mappers"]
 log = logging.getLogger("kvcore")
 
 
+@paused_gc  # a 10^5-tensor plan would otherwise trigger many full collections
 def load(
     model: torch.nn.Module,
     checkpoint: str | Path,

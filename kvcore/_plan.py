@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -102,10 +103,29 @@ def build_plan(
 
 
 def _sort_by_file(copies: list[Copy]) -> None:
-    """Order ``copies`` by shard file name, then offset (``str(path)`` once per shard)."""
-    paths = {c.info.path for c in copies}
-    rank = {path: i for i, path in enumerate(sorted(paths, key=str))}
-    copies.sort(key=lambda c: (rank[c.info.path], c.info.start))
+    """Order ``copies`` by shard file name, then offset, in place.
+
+    Grouping by the (shared, hash-cached) ``Path`` object and sorting only groups that are
+    out of order keeps this linear for the usual input, which is already in file order.
+    """
+    groups: dict[Path, list[Copy]] = {}
+    for copy in copies:
+        group = groups.get(copy.info.path)
+        if group is None:
+            group = groups[copy.info.path] = []
+        group.append(copy)
+    ordered: list[Copy] = []
+    for path in sorted(groups, key=str):
+        group = groups[path]
+        starts = [c.info.start for c in group]
+        if starts != sorted(starts):
+            group.sort(key=_start)
+        ordered += group
+    copies[:] = ordered
+
+
+def _start(copy: Copy) -> int:
+    return copy.info.start
 
 
 PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
@@ -113,17 +133,19 @@ PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _direct(info: TensorInfo, target: Target) -> bool:
-    """Whether ``info``'s bytes may go straight into ``target``'s memory (see ``Copy``)."""
+    """Whether ``info``'s bytes may go straight into ``target``'s memory (see ``Copy``).
+
+    Called after ``check_fits``: without a loader the sizes already match.
+    """
     tensor = target.tensor
     return (
         target.loader is None
         and info.end > info.start
         and type(tensor) in PLAIN_TYPES
-        and tensor.dtype == info.torch_dtype
-        and tensor.device.type == "cpu"
-        and tensor.layout == torch.strided
+        and tensor.is_cpu
+        and tensor.layout is torch.strided
+        and tensor.dtype is info.torch_dtype
         and tensor.is_contiguous()
-        and tensor.numel() == info.numel
     )
 
 
