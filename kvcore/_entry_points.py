@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.metadata as md
+import logging
 import os
 import re
 import sys
@@ -23,6 +24,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = ["normalize", "scan"]
+
+log = logging.getLogger("kvcore")
 
 # What importlib.metadata looked like when kvcore was imported: tests (pluggy's among them)
 # fake installed plugins by replacing these, and a replacement must be honoured.
@@ -44,7 +47,7 @@ def normalize(name: str) -> str:
 def scan(group: str) -> list[md.EntryPoint]:
     """The entry points of ``group``, as ``importlib.metadata.entry_points(group=group)``."""
     if (md.distributions, md.entry_points, vars(md.Distribution)["discover"]) != _ORIGINAL:
-        return list(md.entry_points(group=group))
+        return _patched(group)
     needle = group.encode()
     seen: set[str] = set()
     found: list[md.EntryPoint] = []
@@ -52,10 +55,25 @@ def scan(group: str) -> list[md.EntryPoint]:
         if key in seen:
             continue
         seen.add(key)
-        dist = source if isinstance(source, md.Distribution) else _mentioning(source, needle)
-        if dist is not None:
-            found.extend(dist.entry_points.select(group=group))
+        try:
+            dist = source if isinstance(source, md.Distribution) else _mentioning(source, needle)
+            if dist is not None:
+                found.extend(dist.entry_points.select(group=group))
+        except Exception as exc:  # noqa: BLE001 - one mangled install must not hide every plugin
+            log.warning("skipping distribution %s while looking for %r plugins: %s: %s",
+                        source, group, type(exc).__name__, exc)
     return found
+
+
+def _patched(group: str) -> list[md.EntryPoint]:
+    """Ask a replaced ``importlib.metadata`` in whichever style the replacement speaks."""
+    try:
+        return list(md.entry_points(group=group))
+    except TypeError:  # a stand-in for the pre-3.10 API: entry_points() -> {group: [...]}
+        found = md.entry_points()
+    if hasattr(found, "select"):
+        return list(found.select(group=group))
+    return list(found.get(group, ())) if isinstance(found, dict) else []
 
 
 def _mentioning(folder: str, needle: bytes) -> md.Distribution | None:

@@ -20,6 +20,7 @@ import logging
 import sys
 import threading
 import warnings
+from typing import Any
 
 import pluggy
 
@@ -79,14 +80,13 @@ class _Entry:
     distribution: str
     version: str
     requires: tuple[str, ...]
+    entry_point: Any = dataclasses.field(compare=False, repr=False)
 
     def record(self) -> PluginRecord:
         return PluginRecord(self.name, self.distribution, self.version, self.value)
 
     def load(self) -> object:
-        from importlib.metadata import EntryPoint
-
-        return EntryPoint(self.name, self.value, GROUP).load()
+        return self.entry_point.load()
 
 
 class _Manager(pluggy.PluginManager):
@@ -154,17 +154,18 @@ def _entries() -> tuple[_Entry, ...]:
 
 
 def _entry(ep: object) -> _Entry:
-    dist = getattr(ep, "dist", None)
     name, value = getattr(ep, "name", "?"), getattr(ep, "value", "?")
-    if dist is None:
-        return _Entry(name, value, "<unknown distribution>", "?", ())
-    meta = dist.metadata
-    requires = meta.get_all("Requires-Dist") if meta is not None else None
-    if requires is None:
-        requires = dist.requires or []  # an egg-info keeps them in requires.txt
-    dist_name = (meta["Name"] if meta is not None else None) or getattr(dist, "name", None) or "<unnamed>"
-    version = (meta["Version"] if meta is not None else None) or "?"
-    return _Entry(name, value, dist_name, version, tuple(requires))
+    dist = getattr(ep, "dist", None)
+    try:
+        meta = dist.metadata if dist is not None else None
+        requires = meta.get_all("Requires-Dist") if meta is not None else None
+        if requires is None and dist is not None:
+            requires = dist.requires  # an egg-info keeps them in requires.txt
+        dist_name = (meta["Name"] if meta is not None else None) or getattr(dist, "name", None)
+        version = meta["Version"] if meta is not None else None
+    except Exception:  # noqa: BLE001 - unreadable metadata: the plugin is still listed and tried
+        requires, dist_name, version = None, None, None
+    return _Entry(name, value, dist_name or "<unknown distribution>", version or "?", tuple(requires or ()), ep)
 
 
 def _build(selection: PluginSelection) -> _Manager:
