@@ -177,7 +177,8 @@ def _build(selection: PluginSelection) -> _Manager:
     for name, group in groups.items():
         records = [entry.record() for entry in group]
         for i, record in enumerate(records):
-            pm.records[name if i == 0 else f"{name}@{record.distribution}"] = record
+            key = name if i == 0 else f"{name}@{record.distribution}"
+            pm.records[key if key not in pm.records else f"{key}#{i}"] = record
         if not selection.selects(name):
             for record in records:
                 record.status = "blocked"

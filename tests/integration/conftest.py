@@ -6,7 +6,9 @@ directory is put on ``sys.path`` under module names no other test directory uses
 
 from __future__ import annotations
 
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from fresh_venv_support import FreshVenv, build
 
 
 @pytest.fixture(scope="session")
-def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
+def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FreshVenv]:
     """Built once per session (a few pip installs); every integration test reuses it."""
-    return build(tmp_path_factory.mktemp("fresh-venv"))
+    base = tmp_path_factory.mktemp("fresh-venv")
+    yield build(base)
+    shutil.rmtree(base / "venv", ignore_errors=True)  # ~1 GB of torch; pytest keeps old tmp dirs
