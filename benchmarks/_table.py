@@ -1,0 +1,81 @@
+"""The one table ``make bench`` prints (Markdown, so it pastes into BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MiB = 1 << 20
+COLUMNS = ("kvcore", "raw", "memcpy", "vllm")
+HEADER = (
+    "| | measure | kvcore | raw loop | memcpy | vLLM | ratio | target | met |\n"
+    "|---|---|---:|---:|---:|---:|---|---|---|"
+)
+
+
+def _cells(loads: dict[str, Any], fmt: Any) -> list[str]:
+    return [fmt(loads[c]) if c in loads else "-" for c in COLUMNS]
+
+
+def _row(label: str, measure: str, cells: list[str], ratio: str, target: str, met: bool | None) -> str:
+    verdict = "-" if met is None else ("yes" if met else "**no**")
+    return f"| {label} | {measure} | {' | '.join(cells)} | {ratio} | {target} | {verdict} |"
+
+
+def _peer(loads: dict[str, Any]) -> tuple[str, bool | None]:
+    if "vllm" not in loads:
+        return "not run (KVCORE_BENCH_VLLM=1)", None
+    ratio = loads["kvcore"]["time"] / loads["vllm"]["time"]
+    return f"kvcore/vLLM {ratio:.2f}x", ratio < 1
+
+
+def _load_rows(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    gib = a["kvcore"]["bytes"] / (1 << 30)
+    ra, rb = a["kvcore"]["time"] / a["raw"]["time"], b["kvcore"]["time"] / b["raw"]["time"]
+    share = a["memcpy"]["time"] / a["kvcore"]["time"]
+    n = b["kvcore"]["tensors"]
+    per = b["kvcore:fp8"]["time"] / b["kvcore:fp8"]["tensors"] * 1e6
+    rows = [
+        _row(f"(a) {gib:.2f} GiB bf16, {a['kvcore']['tensors']} tensors", "load time, ms",
+             _cells(a, lambda r: f"{r['time'] * 1e3:.0f}"), f"kvcore/raw {ra:.2f}x", "≤ 1.05x", ra <= 1.05),
+        _row("", "throughput, GB/s", _cells(a, lambda r: f"{r['bytes'] / r['time'] / 1e9:.1f}"),
+             f"kvcore = {share:.0%} of memcpy", "report", None),
+        _row("", "vs peer", ["", "", "", ""], _peer(a)[0], "faster", _peer(a)[1]),
+        _row(f"(b) {n:,} tiny tensors", "per tensor, µs",
+             _cells(b, lambda r: f"{r['time'] / r['tensors'] * 1e6:.2f}"), f"kvcore/raw {rb:.2f}x", "≤ 0.5x",
+             rb <= 0.5),
+        _row("", "kvcore, fp8 checkpoint + plugin mapping", [f"{per:.2f}", "", "", ""],
+             f"kvcore/raw {b['kvcore:fp8']['time'] / b['raw']['time']:.2f}x", "≤ 0.5x",
+             b["kvcore:fp8"]["time"] / b["raw"]["time"] <= 0.5),
+        _row("", "vs peer", ["", "", "", ""], _peer(b)[0], "faster", _peer(b)[1]),
+    ]
+    for label, loads in (("a", a), ("b", b)):
+        ratio = loads["kvcore"]["peak_rss"] / loads["raw"]["peak_rss"]
+        rows.append(_row(f"(c) peak RSS ({label})", "MiB (above the model)", _cells(loads, _rss),
+                         f"kvcore/raw {ratio:.2f}x", "≤ 1.05x", ratio <= 1.05))
+    return rows
+
+
+def _rss(result: dict[str, Any]) -> str:
+    return f"{result['peak_rss'] / MiB:.0f} (+{(result['peak_rss'] - result['model_rss']) / MiB:.0f})"
+
+
+def _other_rows(discovery: dict[str, Any], inspect: dict[str, Any]) -> list[str]:
+    rows = []
+    for label, d in discovery.items():
+        rows.append(_row(f"(d) discovery, {label}", "ms: first call / warm", [f"{d['first'] * 1e3:.1f} / "
+                         f"{d['warm'] * 1e3:.1f}", "", "", ""], "", "≤ 20 ms (+500)" if "500" in label else "report",
+                         d["warm"] <= 0.020 if "500" in label else None))
+    share = inspect["bytes_read"] / inspect["checkpoint_bytes"]
+    needed = inspect["bytes_read"] / inspect["needed_bytes"]
+    rows.append(_row("(e) `kvcore inspect`, 100 shards", "ms: first call / warm",
+                     [f"{inspect['first'] * 1e3:.0f} / {inspect['warm'] * 1e3:.0f}", "", "", ""],
+                     f"read {inspect['bytes_read'] / MiB:.2f} of {inspect['checkpoint_bytes'] / MiB:.0f} MiB "
+                     f"({share:.1%})", "headers + scales only", needed <= 1))
+    return rows
+
+
+def render(results: dict[str, Any]) -> str:
+    """The table for ``results`` as ``run.py`` collects them."""
+    loads = results["loads"]
+    rows = _load_rows(loads["a"], loads["b"]) + _other_rows(results["discovery"], results["inspect"])
+    return "\n".join([HEADER, *rows])

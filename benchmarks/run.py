@@ -1,0 +1,112 @@
+"""``make bench``: kvcore against a raw safetensors loop, memcpy and (optionally) vLLM.
+
+Prints one Markdown table of figures and ratios, all measured in this run. Every contender
+loads in its own process (so peak RSS is its own); the processes of one scenario run in
+rounds, and each round rotates the order, so that a noisy neighbour hurts all contenders
+alike. Environment: ``KVCORE_BENCH_ROUNDS`` (default 5), ``KVCORE_BENCH_VLLM=1`` to add vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import _data  # noqa: E402 - needs the sys.path entry above
+
+REPEAT = 3
+"""Timed loads per process, after one untimed warm-up load."""
+Result = dict[str, object]
+
+
+def _run(python: Path | str, *args: object, env: dict[str, str] | None = None) -> Result:
+    command = [str(python), *map(str, args)]
+    done = subprocess.run(command, cwd=HERE, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _rounds(contenders: dict[str, tuple[Path | str, Path]], rounds: int) -> dict[str, Result]:
+    """Run each contender ``rounds`` times, rotating the order; pool times, median RSS."""
+    names = list(contenders)
+    runs: dict[str, list[Result]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            python, ckpt = contenders[name]
+            runs[name].append(_run(python, "_worker.py", name.split(":")[0], ckpt, REPEAT))
+            print(f"  round {r + 1}/{rounds} {name}: {min(runs[name][-1]['times']) * 1e3:.1f} ms",
+                  file=sys.stderr)
+    return {name: _summary(results) for name, results in runs.items()}
+
+
+def _summary(results: list[Result]) -> Result:
+    times = [t for result in results for t in result["times"]]  # type: ignore[attr-defined]
+    return {
+        "time": statistics.median(times),
+        "peak_rss": statistics.median(r["peak_rss"] for r in results),  # type: ignore[misc]
+        "model_rss": statistics.median(r["model_rss"] for r in results),  # type: ignore[misc]
+        "tensors": results[0]["tensors"],
+        "bytes": results[0]["bytes"],
+    }
+
+
+def _load_scenarios(rounds: int, vllm: Path | None) -> dict[str, dict[str, Result]]:
+    python = Path(sys.executable)
+    dense, moe, moe_fp8 = (_data.checkpoint(s) for s in (_data.DENSE, _data.MOE, _data.MOE_FP8))
+    out = {}
+    for label, ckpt in (("a", dense), ("b", moe)):
+        contenders: dict[str, tuple[Path | str, Path]] = {
+            "kvcore": (python, ckpt), "raw": (python, ckpt), "memcpy": (python, ckpt),
+        }
+        if label == "b":
+            contenders["kvcore:fp8"] = (python, moe_fp8)
+        if vllm is not None:
+            contenders["vllm"] = (vllm, ckpt)
+        print(f"scenario ({label}) {ckpt.name}", file=sys.stderr)
+        out[label] = _rounds(contenders, rounds)
+    return out
+
+
+def _discovery(rounds: int) -> dict[str, Result]:
+    fake = _data.fake_distributions(500)
+    plain = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    crowded = {**plain, "PYTHONPATH": str(fake)}
+    runs: dict[str, list[Result]] = {"first-party": [], "+500 dists": []}
+    for _ in range(rounds):
+        runs["first-party"].append(_run(sys.executable, "_probes.py", "discovery", 9, env=plain))
+        runs["+500 dists"].append(_run(sys.executable, "_probes.py", "discovery", 9, env=crowded))
+    return {k: {m: statistics.median(r[m] for r in v) for m in ("first", "warm")} for k, v in runs.items()}
+
+
+def _inspect(rounds: int) -> Result:
+    ckpt = _data.checkpoint(_data.INSPECT)
+    runs = [_run(sys.executable, "_probes.py", "inspect", ckpt, 5) for _ in range(rounds)]
+    result = {m: statistics.median(r[m] for r in runs) for m in ("first", "warm")}  # type: ignore[misc]
+    result.update({k: runs[0][k] for k in ("bytes_read", "checkpoint_bytes", "needed_bytes")})
+    return result
+
+
+def main() -> None:
+    rounds = int(os.environ.get("KVCORE_BENCH_ROUNDS", "5"))
+    vllm = None
+    if os.environ.get("KVCORE_BENCH_VLLM") == "1":
+        import _vllm
+
+        vllm = _vllm.python()
+    loads = _load_scenarios(rounds, vllm)
+    results = {"loads": loads, "discovery": _discovery(rounds), "inspect": _inspect(rounds)}
+    (_data.DATA / "results.json").write_text(json.dumps(results, indent=2))
+    from _table import render
+
+    print(render(results))
+
+
+if __name__ == "__main__":
+    main()
