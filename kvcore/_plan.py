@@ -94,8 +94,7 @@ def build_plan(
         if target.is_kv_scale:
             plan.scales.setdefault(target.module_name, {})[target.attr] = _scale(info, target)
         else:
-            check_fits(info, target)
-            copies.append(Copy(info, target, target.loader, _direct(info, target)))
+            copies.append(Copy(info, target, target.loader, check_fits(info, target)))
     _sort_by_file(copies)
     plan.missing = _missing(targets, claimed)
     plan.unexpected.sort()
@@ -130,23 +129,6 @@ def _start(copy: Copy) -> int:
 
 PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 """Tensor classes whose memory the copier may fill directly (subclasses may intercept writes)."""
-
-
-def _direct(info: TensorInfo, target: Target) -> bool:
-    """Whether ``info``'s bytes may go straight into ``target``'s memory (see ``Copy``).
-
-    Called after ``check_fits``: without a loader the sizes already match.
-    """
-    tensor = target.tensor
-    return (
-        target.loader is None
-        and info.end > info.start
-        and type(tensor) in PLAIN_TYPES
-        and tensor.is_cpu
-        and tensor.layout is torch.strided
-        and tensor.dtype is info.torch_dtype
-        and tensor.is_contiguous()
-    )
 
 
 def _unresolved(plan: Plan, info: TensorInfo, name: str, targets: dict[str, Target]) -> None:
@@ -191,21 +173,34 @@ def _where(info: TensorInfo, target: str) -> str:
     return f"checkpoint tensor {info.name!r} in {info.path} (loading into {target!r})"
 
 
-def check_fits(info: TensorInfo, target: Target) -> None:
-    """Shape and dtype of ``info`` suit ``target`` (custom loaders judge shapes themselves)."""
-    tensor = target.tensor
-    same_shape = tensor.shape == info.shape or (tensor.numel() == 1 and info.numel == 1)
-    if not same_shape and target.loader is None:
+def check_fits(info: TensorInfo, target: Target) -> bool:
+    """Shape and dtype of ``info`` suit ``target`` (custom loaders judge shapes themselves).
+
+    Returns whether the copy may be ``direct`` (see ``Copy``), reusing what the checks read.
+    """
+    tensor, loader = target.tensor, target.loader
+    source, dest = info.torch_dtype, tensor.dtype
+    if tensor.shape != info.shape and loader is None and not (tensor.numel() == 1 and info.numel == 1):
         raise WeightLoadError(
             f"{_where(info, target.name)} has shape {list(info.shape)} but the parameter has "
             f"shape {list(tensor.shape)}; the checkpoint was made for a different model config"
         )
-    if not _convertible(info.torch_dtype, tensor.dtype):
+    if dest is not source and not _convertible(source, dest):
         raise WeightLoadError(
             f"{_where(info, target.name)} has dtype {info.dtype} but the parameter is "
-            f"{tensor.dtype}; kvcore converts only between floating-point types of 16 bits or "
+            f"{dest}; kvcore converts only between floating-point types of 16 bits or "
             "more. Build the model with the checkpoint's dtype for this parameter"
         )
+    # Without a loader the sizes match (checked above), so equal dtypes mean equal bytes.
+    return (
+        loader is None
+        and dest is source
+        and info.end > info.start
+        and type(tensor) in PLAIN_TYPES
+        and tensor.is_cpu
+        and tensor.layout is torch.strided
+        and tensor.is_contiguous()
+    )
 
 
 def _convertible(source: torch.dtype, dest: torch.dtype) -> bool:
