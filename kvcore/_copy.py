@@ -42,7 +42,12 @@ SPLIT_BYTES = 16 << 20
 
 
 def copy_all(copies: list[Copy], progress: Progress | None = None) -> set[str]:
-    """Execute ``copies`` (sorted by file and offset); return the parameter names written."""
+    """Execute ``copies`` (sorted by file and offset); return the parameter names written.
+
+    Direct reads are queued on a thread pool and collected in order; before a copy through
+    the memory map (which may call a custom loader) and at the end of each shard the queue
+    is drained, so a failure always knows what was written before it.
+    """
     log = _Log()
     try:
         with _Threads() as threads:
@@ -50,13 +55,39 @@ def copy_all(copies: list[Copy], progress: Progress | None = None) -> set[str]:
                 batch = list(group)
                 log.current = batch[0]
                 with _Shard(path, batch[0].info, threads) as shard:
-                    for run in _runs(batch):
-                        log.start(run)
-                        shard.copy(run)
-                        log.finish(run, progress)
+                    _copy_shard(shard, batch, log, progress)
     except Exception as exc:
         raise _interrupted(exc, log) from exc
     return log.written
+
+
+def _copy_shard(shard: _Shard, batch: list[Copy], log: _Log, progress: Progress | None) -> None:
+    pending: list[tuple[list[Copy], list[Future[int]]]] = []
+    try:
+        for run in _runs(batch):
+            log.start(run)
+            if run[0].direct:
+                pending.append((run, shard.submit(run)))
+                continue
+            _drain(pending, log, progress)
+            shard.copy_mapped(run[0])
+            log.finish(run, progress)
+        _drain(pending, log, progress)
+    finally:
+        # Never leave a read running into a parameter (or on a closed file) after an error.
+        for _, reads in pending:
+            for read in reads:
+                read.exception()
+
+
+def _drain(pending: list[tuple[list[Copy], list[Future[int]]]], log: _Log, progress: Progress | None) -> None:
+    """Wait for the queued reads in order, recording each run as written once all its reads are."""
+    while pending:
+        run, reads = pending[0]
+        for read in reads:
+            read.result()  # the first failure propagates
+        pending.pop(0)
+        log.finish(run, progress)
 
 
 def _path(copy: Copy) -> Path:
@@ -87,18 +118,19 @@ class _Log:
 
     def __init__(self) -> None:
         self.written: set[str] = set()
-        self.touched: list[str] = []  # being written now: partly written if this step fails
+        self.touched: dict[str, None] = {}  # being written now: partly written if a step fails
         self.current: Copy | None = None
 
     def start(self, run: list[Copy]) -> None:
         self.current = run[0]
-        self.touched = [c.target.name for c in run]
+        self.touched.update(dict.fromkeys(c.target.name for c in run))
 
     def finish(self, run: list[Copy], progress: Progress | None) -> None:
-        self.written.update(self.touched)
-        self.touched = []
-        if progress is not None:
-            for copy in run:
+        for copy in run:
+            name = copy.target.name
+            self.touched.pop(name, None)
+            self.written.add(name)
+            if progress is not None:
                 progress(copy.info.end - copy.info.start)
 
 
@@ -152,14 +184,19 @@ class _Shard:
         # (or crash) if a custom weight_loader kept a view.
         self._base = None
 
-    def copy(self, run: list[Copy]) -> None:
-        if not run[0].direct:
-            _copy_mapped(self._mapped(), run[0])
-        elif len(run) == 1 and run[0].info.end - run[0].info.start >= SPLIT_BYTES:
-            self._read_split(run[0])
-        else:
-            buffers = [_buffer(c.target.tensor, c.info.end - c.info.start) for c in run]
-            self._read(buffers, run[0].info.start, run[-1].info.end - run[0].info.start)
+    def submit(self, run: list[Copy]) -> list[Future[int]]:
+        """Queue the reads of a run of direct copies: one scatter read, or a big tensor's chunks."""
+        info = run[0].info
+        if len(run) == 1 and info.end - info.start >= SPLIT_BYTES:
+            size, address = info.end - info.start, run[0].target.tensor.data_ptr()
+            spans = [(at, min(SPLIT_BYTES, size - at)) for at in range(0, size, SPLIT_BYTES)]
+            return [self.threads.submit(self._read, [_raw(address + at, n)], info.start + at, n) for at, n in spans]
+        buffers = [_buffer(c.target.tensor, c.info.end - c.info.start) for c in run]
+        return [self.threads.submit(self._read, buffers, info.start, run[-1].info.end - info.start)]
+
+    def copy_mapped(self, copy: Copy) -> None:
+        """Copy through a torch view of the mapped file (conversions, loaders, other devices)."""
+        _copy_mapped(self._mapped(), copy)
 
     def _read(self, buffers: list[ctypes.Array[ctypes.c_char]], offset: int, expected: int) -> int:
         assert self._file is not None
@@ -170,16 +207,6 @@ class _Shard:
                 "shrank after its header was read"
             )
         return got
-
-    def _read_split(self, copy: Copy) -> None:
-        start, size, address = copy.info.start, copy.info.end - copy.info.start, copy.target.tensor.data_ptr()
-        chunks = [
-            self.threads.submit(self._read, [_raw(address + at, min(SPLIT_BYTES, size - at))], start + at,
-                                min(SPLIT_BYTES, size - at))
-            for at in range(0, size, SPLIT_BYTES)
-        ]
-        for chunk in chunks:
-            chunk.result()  # wait for all; the first failure propagates
 
     def _mapped(self) -> torch.Tensor:
         if self._base is None:
@@ -228,7 +255,7 @@ def _interrupted(exc: Exception, log: _Log) -> CheckpointError:
         else "the first tensor"
     )
     done = ", ".join(sorted(written)[:20]) + (" ..." if len(written) > 20 else "")
-    partly = "".join(f"; {name!r} may be partly written" for name in log.touched[:20])
+    partly = "".join(f"; {name!r} may be partly written" for name in list(log.touched)[:20])
     changed = frozenset(written | set(log.touched))
     advice = (
         "The model is partially loaded (the error's .written lists what changed): discard it"
