@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,9 @@ def _inside(root: Path, index: Path, tensor: str, shard: str) -> Path:
     where = f"{index} places tensor {tensor!r} in {shard!r}"
     try:
         candidate = (root / shard).resolve()
-        outside = Path(shard).is_absolute() or not candidate.is_relative_to(root)
+        outside = Path(shard).is_absolute() or not (
+            candidate.is_relative_to(root) or _hub_blob(root, shard, candidate)
+        )
         present = not outside and candidate.is_file()
     except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a symlink loop
         raise CheckpointError(f"{where}, which is not a usable file name ({exc}); fix the index") from None
@@ -134,6 +137,20 @@ def _inside(root: Path, index: Path, tensor: str, shard: str) -> Path:
             "download the missing shard"
         )
     return candidate
+
+
+def _hub_blob(root: Path, shard: str, candidate: Path) -> bool:
+    """A Hugging Face hub cache snapshot: ``snapshots/<rev>/<shard>`` links to ``../../blobs/<sha>``.
+
+    Only that layout is allowed out: the index names the shard inside the snapshot (no ``..``),
+    and the link lands in the same repository's ``blobs`` folder.
+    """
+    lexical = os.path.normpath(root / shard)
+    return (
+        root.parent.name == "snapshots"
+        and Path(lexical).is_relative_to(root)
+        and candidate.is_relative_to(root.parent.parent / "blobs")
+    )
 
 
 def _check_index(index: Path, weight_map: dict[str, str], tensors: dict[str, TensorInfo], root: Path) -> None:
