@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	touch $@
 
 test: $(STAMP)
-	$(PY) -m ruff check kvcore plugins tests
+	$(PY) -m ruff check kvcore plugins tests examples
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
@@ -26,7 +26,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check kvcore plugins tests
+	$(PY) -m ruff check kvcore plugins tests examples
 	$(PY) -m ruff format --check kvcore plugins tests
 
 clean:
