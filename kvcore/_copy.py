@@ -37,6 +37,8 @@ Progress = Callable[[int], None]
 
 IOV_MAX = 1024
 """Buffers per ``preadv`` call (Linux's limit)."""
+MAX_THREADS = 8
+"""The most reader threads a load starts."""
 SPLIT_BYTES = 16 << 20
 """A direct tensor at least this big is read by several threads, in chunks of this size."""
 
@@ -149,7 +151,8 @@ class _Threads:
 
     def submit(self, *args: object) -> Future[int]:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max(1, torch.get_num_threads()), "kvcore-copy")
+            # As many readers as torch uses threads, capped: a few saturate memory bandwidth.
+            self._pool = ThreadPoolExecutor(min(MAX_THREADS, max(1, torch.get_num_threads())), "kvcore-copy")
         return self._pool.submit(*args)  # type: ignore[arg-type]
 
 
