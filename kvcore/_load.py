@@ -60,7 +60,7 @@ def load(
     check_shards_unchanged(ckpt.shards)  # a shard rewritten since planning is refused before any write
     with default_progress(plan.copies, progress) as report_bytes:  # a bar on a TTY for big loads
         loaded = copy_all(plan.copies, report_bytes)
-    return _finalise(model, ckpt, contributions, plan, loaded)
+    return _finalise(attention_modules(targets), ckpt, contributions, plan, loaded)
 
 
 def plugin_mappers(
@@ -151,14 +151,14 @@ def _unexpected_line(ckpt: Checkpoint, name: str, mapped: str, targets: list[str
 
 
 def _finalise(
-    model: torch.nn.Module,
+    attention: dict[str, torch.nn.Module],
     ckpt: Checkpoint,
     contributions: list[Contribution],
     plan: Plan,
     loaded: set[str],
 ) -> LoadReport:
     kv_scales, sources = {}, {}
-    for name, module in attention_modules(model).items():
+    for name, module in attention.items():
         values, origin = finalise_module(name, module, plan.scales.get(name, {}))
         kv_scales[name], sources[name] = values, origin
         prefix = f"{name}." if name else ""

@@ -1,13 +1,14 @@
 """The model side of a load: every loadable tensor by name, and the attention modules.
 
-Both walk the module tree with a plain recursive function instead of ``named_modules``:
+One walk of the module tree, with a plain recursive function instead of ``named_modules``:
 on a 37k-module MoE tree the generator chain of ``named_modules`` (and ``isinstance`` on
 ``Parameter`` subclasses, which runs a Python-level ``__instancecheck__``) cost more than
-copying the weights.
+copying the weights. The attention modules are read off the resulting table.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -44,54 +45,55 @@ def _is_scale_param(value: object) -> bool:
     return issubclass(type(value), KVCacheScaleParameter)
 
 
-def _walk(model: torch.nn.Module, *, unique: bool) -> list[tuple[str, torch.nn.Module]]:
-    """``model.named_modules(remove_duplicate=unique)`` as a list, in the same order."""
-    found: list[tuple[str, torch.nn.Module]] = []
-    seen: set[int] = set()
-
-    def visit(prefix: str, module: torch.nn.Module) -> None:
-        if unique:
-            if id(module) in seen:
-                return
-            seen.add(id(module))
-        found.append((prefix, module))
-        for name, child in module._modules.items():
-            if child is not None:
-                visit(f"{prefix}.{name}" if prefix else name, child)
-
-    visit("", model)
-    return found
+_make_target = functools.partial(tuple.__new__, Target)
+"""``Target`` from a tuple of its fields, without a Python-level ``__new__`` call."""
 
 
 def model_targets(model: torch.nn.Module) -> dict[str, Target]:
-    """Parameters and persistent buffers by qualified name; tied tensors appear under each name."""
+    """Parameters and persistent buffers by qualified name; tied tensors appear under each name.
+
+    The order is ``named_modules(remove_duplicate=False)``'s, each module's parameters
+    before its buffers.
+    """
     targets: dict[str, Target] = {}
-    for module_name, module in _walk(model, unique=False):
-        prefix = f"{module_name}." if module_name else ""
-        for attr, param in module._parameters.items():
-            if param is not None:
-                name = prefix + attr
-                scale = attr in SCALE_NAMES and _is_scale_param(param)
-                loader = getattr(param, "weight_loader", None)
-                targets[name] = Target(name, param, module_name, module, attr, loader, scale)
-        if not module._buffers:
-            continue
-        skipped = module._non_persistent_buffers_set
-        for attr, buffer in module._buffers.items():
-            if buffer is not None and attr not in skipped:
-                name = prefix + attr
-                scale = attr in SCALE_NAMES and _is_scale_param(buffer)
-                loader = getattr(buffer, "weight_loader", None)
-                targets[name] = Target(name, buffer, module_name, module, attr, loader, scale)
+    _visit(targets, "", model)
     return targets
 
 
-def attention_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Modules that own at least one ``KVCacheScaleParameter`` named like a KV-cache scale."""
-    return {
-        name: module
-        for name, module in _walk(model, unique=True)
-        # The set intersection (in C) rules out almost every module before any type check.
-        if _SCALE_SET & module._parameters.keys()
-        and any(_is_scale_param(module._parameters.get(s)) for s in SCALE_NAMES)
-    }
+def _visit(targets: dict[str, Target], module_name: str, module: torch.nn.Module) -> None:
+    """Add ``module``'s tensors to ``targets``, then its children's, depth first."""
+    # Through __dict__: nn.Module defines __getattr__, which slows every attribute read.
+    own = module.__dict__
+    prefix = f"{module_name}." if module_name else ""
+    for attr, param in own["_parameters"].items():
+        if param is not None:
+            scale = attr in _SCALE_SET and _is_scale_param(param)
+            loader = getattr(param, "weight_loader", None)
+            name = prefix + attr
+            targets[name] = _make_target((name, param, module_name, module, attr, loader, scale))
+    if own["_buffers"]:
+        skipped = own["_non_persistent_buffers_set"]
+        for attr, buffer in own["_buffers"].items():
+            if buffer is not None and attr not in skipped:
+                scale = attr in _SCALE_SET and _is_scale_param(buffer)
+                loader = getattr(buffer, "weight_loader", None)
+                name = prefix + attr
+                targets[name] = _make_target((name, buffer, module_name, module, attr, loader, scale))
+    for child_name, child in own["_modules"].items():
+        if child is not None:
+            _visit(targets, prefix + child_name, child)
+
+
+def attention_modules(targets: dict[str, Target]) -> dict[str, torch.nn.Module]:
+    """Modules that own a ``KVCacheScaleParameter`` named like a KV-cache scale, from ``targets``.
+
+    Each module appears once, under its first name (as in ``named_modules()``): deriving
+    them from the table ``model_targets`` built spares a second walk of the model.
+    """
+    found: dict[int, tuple[str, torch.nn.Module]] = {}
+    for target in [t for t in targets.values() if t.is_kv_scale]:
+        module = target.module
+        # A parameter, not a buffer, and the first name the module is reached under.
+        if id(module) not in found and module._parameters.get(target.attr) is target.tensor:
+            found[id(module)] = (target.module_name, module)
+    return dict(found.values())
