@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import operator
 from collections.abc import Callable, Iterable
-from pathlib import Path
+from itertools import groupby
 from typing import NamedTuple
 
 import torch
@@ -80,9 +82,9 @@ def build_plan(
     plan = Plan([], {}, [], [], [])
     claimed: dict[int, str] = {}
     # Runs once per checkpoint tensor: keep the per-tensor work to lookups and a tuple.
-    map_name, find, copies = mapper.map_name, targets.get, plan.copies
-    for info in tensors:
-        name = map_name(info.name)
+    find, claim, copies = targets.get, claimed.setdefault, plan.copies
+    infos = list(tensors)
+    for info, name in zip(infos, map(mapper.map_name, map(_NAME, infos)), strict=True):
         if name is None or ("rotary_" in name and any(s in name for s in SKIP_SUBSTRS)):
             plan.dropped.append(info.name)
             continue
@@ -90,41 +92,48 @@ def build_plan(
         if target is None:
             _unresolved(plan, info, name, targets)
             continue
-        _claim(claimed, info, target)
+        # The first tensor to claim a parameter is recorded; a second one is a conflict.
+        if claim(id(target.tensor), info.name) is not info.name:
+            _conflict(claimed, info, target)
         if target.is_kv_scale:
             plan.scales.setdefault(target.module_name, {})[target.attr] = _scale(info, target)
         else:
-            copies.append(Copy(info, target, target.loader, check_fits(info, target)))
+            copies.append(_make_copy((info, target, target.loader, check_fits(info, target))))
     _sort_by_file(copies)
     plan.missing = _missing(targets, claimed)
     plan.unexpected.sort()
     return plan
 
 
+_NAME = operator.itemgetter(0)  # TensorInfo.name
+_make_copy = functools.partial(tuple.__new__, Copy)
+"""``Copy`` from a tuple of its fields, without a Python-level ``__new__`` call."""
+_PATH = operator.attrgetter("info.path")
+_START = operator.attrgetter("info.start")
+
+
 def _sort_by_file(copies: list[Copy]) -> None:
     """Order ``copies`` by shard file name, then offset, in place.
 
-    Grouping by the (shared, hash-cached) ``Path`` object and sorting only groups that are
-    out of order keeps this linear for the usual input, which is already in file order.
+    The usual input is already in that order, shard by shard: checking that with C loops
+    (one ``groupby`` run per shard, one comparison of start lists) keeps this linear and
+    cheap; anything else is sorted.
     """
-    groups: dict[Path, list[Copy]] = {}
-    for copy in copies:
-        group = groups.get(copy.info.path)
-        if group is None:
-            group = groups[copy.info.path] = []
-        group.append(copy)
-    ordered: list[Copy] = []
-    for path in sorted(groups, key=str):
-        group = groups[path]
-        starts = [c.info.start for c in group]
-        if starts != sorted(starts):
-            group.sort(key=_start)
-        ordered += group
-    copies[:] = ordered
+    runs = [(path, list(run)) for path, run in groupby(copies, key=_PATH)]
+    paths = [path for path, _ in runs]
+    in_order = len(set(paths)) == len(paths) and paths == sorted(paths, key=str)
+    if in_order and all(_starts_sorted(run) for _, run in runs):
+        return
+    copies.sort(key=_file_order)
 
 
-def _start(copy: Copy) -> int:
-    return copy.info.start
+def _starts_sorted(run: list[Copy]) -> bool:
+    starts = list(map(_START, run))
+    return starts == sorted(starts)
+
+
+def _file_order(copy: Copy) -> tuple[str, int]:
+    return str(copy.info.path), copy.info.start
 
 
 PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
@@ -142,18 +151,17 @@ def _unresolved(plan: Plan, info: TensorInfo, name: str, targets: dict[str, Targ
         plan.renamed[info.name] = name
 
 
-def _claim(claimed: dict[int, str], info: TensorInfo, target: Target) -> None:
-    key = id(target.tensor)
-    if key in claimed:
-        raise MapperConflictError(
-            f"checkpoint tensors {claimed[key]!r} and {info.name!r} both map to parameter "
-            f"{target.name!r}; a checkpoint may provide each parameter once. Remove one of the "
-            "tensors or fix the mapper that renames them",
-            kind="tensor",
-            pattern=target.name,
-            targets=(claimed[key], info.name),
-        )
-    claimed[key] = info.name
+def _conflict(claimed: dict[int, str], info: TensorInfo, target: Target) -> None:
+    """Raise for ``info`` mapping to a parameter that another tensor already provides."""
+    first = claimed[id(target.tensor)]
+    raise MapperConflictError(
+        f"checkpoint tensors {first!r} and {info.name!r} both map to parameter "
+        f"{target.name!r}; a checkpoint may provide each parameter once. Remove one of the "
+        "tensors or fix the mapper that renames them",
+        kind="tensor",
+        pattern=target.name,
+        targets=(first, info.name),
+    )
 
 
 def _missing(targets: dict[str, Target], claimed: dict[int, str]) -> list[str]:
