@@ -15,10 +15,12 @@ a ``kvcore.QuantConfigError``; it is never loaded as if it were symmetric.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kvcore
-from kvcore_compressed_tensors._config import CompressedTensorsConfig, KvCacheScheme, parse_config
+
+if TYPE_CHECKING:
+    from kvcore_compressed_tensors._config import CompressedTensorsConfig, KvCacheScheme, parse_config
 
 __all__ = ["KV_SCALE_MAPPER", "CompressedTensorsConfig", "KvCacheScheme", "get_cache_scale_mapper", "parse_config"]
 
@@ -33,11 +35,29 @@ KV_SCALE_MAPPER = kvcore.WeightsMapper(
 """Current ``P.{k,v,q}_scale`` and zero points, and legacy ``P.{k,v,q}_proj.output_scale``, into ``P.attn``."""
 
 
+_LAZY = frozenset({"CompressedTensorsConfig", "KvCacheScheme", "parse_config"})
+
+
+def __getattr__(name: str) -> Any:
+    """``CompressedTensorsConfig``, ``KvCacheScheme`` and ``parse_config``, imported on first use.
+
+    Importing pydantic takes ~0.2 s, and discovery imports every installed plugin whatever
+    the checkpoint's format: only a checkpoint of this format should pay for it.
+    """
+    if name in _LAZY:
+        from kvcore_compressed_tensors import _config
+
+        return getattr(_config, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @kvcore.hookimpl
 def get_cache_scale_mapper(quant_config: Any) -> kvcore.WeightsMapper | None:
     """The compressed-tensors KV-scale mapper once the config validates; ``None`` for other methods."""
     config = kvcore.QuantConfig.coerce(quant_config)
     if config.quant_method != "compressed-tensors":
-        return None
+        return None  # before importing pydantic: other formats never pay for it
+    from kvcore_compressed_tensors._config import parse_config
+
     parse_config(dict(config.raw), config.source)
     return KV_SCALE_MAPPER

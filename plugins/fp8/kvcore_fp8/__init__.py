@@ -12,11 +12,13 @@ Three unrelated producers write that method, and this plugin handles all three:
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing import TYPE_CHECKING, Any
 
 import kvcore
+
+if TYPE_CHECKING:
+    from kvcore_fp8._config import Fp8Config
+    from kvcore_fp8._config import parse_config as parse_config
 
 __all__ = ["Fp8Config", "KV_SCALE_MAPPER", "get_cache_scale_mapper"]
 
@@ -31,52 +33,20 @@ KV_SCALE_MAPPER = kvcore.WeightsMapper(
 ``P.kv_scale`` -> ``P.attn.k_scale`` (the core then uses it for v as well)."""
 
 
-class Fp8Config(BaseModel):
-    """The ``quantization_config`` of an fp8 checkpoint, as the three producers write it."""
-
-    model_config = ConfigDict(extra="allow")
-
-    quant_method: Literal["fp8"] = Field(description="Always 'fp8'.")
-    activation_scheme: Literal["static", "dynamic"] | None = Field(
-        None, description="AutoFP8 / HF: how activations are scaled."
-    )
-    kv_cache_scheme: Literal["static"] | None = Field(
-        None, description="'static' when the checkpoint carries calibrated KV-cache scales."
-    )
-    ignored_layers: list[str] = Field(default_factory=list, description="Layers left unquantized.")
-    weight_block_size: list[int] | None = Field(
-        None, description="Block fp8 (HF FineGrainedFP8, DeepSeek): [rows, cols] per weight scale."
-    )
-    export: dict[str, Any] | None = Field(None, description="Present in Quark's deprecated fp8 export.")
-
-    @field_validator("weight_block_size")
-    @classmethod
-    def _two_positive_ints(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (len(value) != 2 or any(v <= 0 for v in value)):
-            raise ValueError("must be two positive integers, e.g. [128, 128]")
-        return value
-
-    @property
-    def is_block_fp8(self) -> bool:
-        """Block fp8 checkpoints store weights only, no KV-cache scales."""
-        return self.weight_block_size is not None and self.kv_cache_scheme is None
+_LAZY = frozenset({"Fp8Config", "parse_config"})
 
 
-def parse_config(raw: dict[str, Any], source: str = "") -> Fp8Config:
-    """Validate ``raw`` or raise ``QuantConfigError`` naming the file and the offending field."""
-    try:
-        return Fp8Config.model_validate(raw)
-    except ValidationError as exc:
-        raise kvcore.QuantConfigError(_describe(exc, source)) from None
+def __getattr__(name: str) -> Any:
+    """``Fp8Config`` and ``parse_config``, imported on first use.
 
+    Importing pydantic takes ~0.2 s, and discovery imports every installed plugin whatever
+    the checkpoint's format: only a checkpoint of this format should pay for it.
+    """
+    if name in _LAZY:
+        from kvcore_fp8 import _config
 
-def _describe(exc: ValidationError, source: str) -> str:
-    problems = "; ".join(
-        f"quantization_config.{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
-        for err in exc.errors()
-    )
-    where = f" in {source}" if source else ""
-    return f"invalid fp8 quantization config{where}: {problems}"
+        return getattr(_config, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @kvcore.hookimpl
@@ -84,6 +54,8 @@ def get_cache_scale_mapper(quant_config: Any) -> kvcore.WeightsMapper | None:
     """The fp8 KV-scale mapper; an empty one for block fp8; ``None`` for other methods."""
     config = kvcore.QuantConfig.coerce(quant_config)
     if config.quant_method != "fp8":
-        return None
+        return None  # before importing pydantic: other formats never pay for it
+    from kvcore_fp8._config import parse_config
+
     parsed = parse_config(dict(config.raw), config.source)
     return kvcore.WeightsMapper() if parsed.is_block_fp8 else KV_SCALE_MAPPER

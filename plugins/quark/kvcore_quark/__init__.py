@@ -14,10 +14,12 @@ A KV-cache or softmax spec other than static per-tensor fp8_e4m3 is refused with
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kvcore
-from kvcore_quark._config import QuarkConfig, parse_config
+
+if TYPE_CHECKING:
+    from kvcore_quark._config import QuarkConfig, parse_config
 
 __all__ = ["KV_SCALE_MAPPER", "QuarkConfig", "get_cache_scale_mapper", "parse_config"]
 
@@ -31,11 +33,29 @@ KV_SCALE_MAPPER = kvcore.WeightsMapper(
 """``P.{k,v,q}_proj.output_scale`` -> ``P.attn.{k,v,q}_scale``; ``P.prob_output_scale`` -> ``P.attn.prob_scale``."""
 
 
+_LAZY = frozenset({"QuarkConfig", "parse_config"})
+
+
+def __getattr__(name: str) -> Any:
+    """``QuarkConfig`` and ``parse_config``, imported on first use.
+
+    Importing pydantic takes ~0.2 s, and discovery imports every installed plugin whatever
+    the checkpoint's format: only a checkpoint of this format should pay for it.
+    """
+    if name in _LAZY:
+        from kvcore_quark import _config
+
+        return getattr(_config, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @kvcore.hookimpl
 def get_cache_scale_mapper(quant_config: Any) -> kvcore.WeightsMapper | None:
     """The Quark KV-scale mapper once the config validates; ``None`` for other methods."""
     config = kvcore.QuantConfig.coerce(quant_config)
     if config.quant_method != "quark":
-        return None
+        return None  # before importing pydantic: other formats never pay for it
+    from kvcore_quark._config import parse_config
+
     parse_config(dict(config.raw), config.source)
     return KV_SCALE_MAPPER
