@@ -136,9 +136,10 @@ def read_header(path: Path) -> ShardHeader:
             raw = f.read(length)
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    header = _parse_json(path, raw)
     data_start = 8 + length
-    tensors, metadata = _entries(path, header, data_start, stamp)
+    # Anything unusual, bad or merely odd, goes the careful way, which words the errors.
+    quick = _quick_entries(path, raw, data_start, stamp)
+    tensors, metadata = quick or _entries(path, _parse_json(path, raw), data_start, stamp)
     _check_layout(path, tensors, size)
     return ShardHeader(path, size, data_start, tensors, metadata, stamp)
 
@@ -172,13 +173,48 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _quick_entries(
+    path: Path, raw: bytes, data_start: int, stamp: FileStamp
+) -> tuple[tuple[TensorInfo, ...], dict[str, str]] | None:
+    """The usual header, parsed and checked with C loops only; ``None`` for anything else.
+
+    The parse has no ``unique_keys`` hook (a Python call per JSON object); duplicate keys
+    are ruled out by counting instead. Every key of a JSON document is followed by one
+    ``:``, so a document has at least as many colons as key/value pairs, and at least as
+    many pairs as the objects parsed from it hold, with equality only when no key was
+    given twice. Taking only headers whose values nest no further (entries of three keys,
+    string metadata), the pairs parsed are easy to count: equal counts mean no duplicate.
+    A colon inside a tensor name merely sends the header the careful way.
+    """
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if type(header) is not dict:
+        return None
+    pairs = len(header)
+    metadata = header.pop("__metadata__", None) or {}  # as in _entries: a falsy one is none
+    if type(metadata) is not dict or set(map(type, metadata.values())) - {str}:
+        return None
+    specs = list(header.values())
+    if set(map(type, specs)) - {dict} or set(map(len, specs)) - {3}:
+        return None
+    if raw.count(b":") != pairs + len(metadata) + 3 * len(specs):
+        return None
+    infos = _entries_in_bulk(path, list(header), specs, data_start, stamp)
+    if infos is None:
+        return None
+    infos.sort(key=_START)
+    return tuple(infos), metadata
+
+
 def _entries(
     path: Path, header: dict[str, Any], data_start: int, stamp: FileStamp
 ) -> tuple[tuple[TensorInfo, ...], dict[str, str]]:
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise _bad(path, "its __metadata__ is not an object")
-    infos = _entries_in_bulk(path, header, data_start, stamp)
+    infos = _entries_in_bulk(path, list(header), list(header.values()), data_start, stamp)
     if infos is None:  # some entry is bad: find the first one and say what is wrong with it
         infos = [_entry(path, name, spec, data_start, stamp) for name, spec in header.items()]
     infos.sort(key=_START)
@@ -192,7 +228,7 @@ _make_info = functools.partial(tuple.__new__, TensorInfo)
 
 
 def _entries_in_bulk(
-    path: Path, header: dict[str, Any], data_start: int, stamp: FileStamp
+    path: Path, names: list[str], specs: list[Any], data_start: int, stamp: FileStamp
 ) -> list[TensorInfo] | None:
     """Validate every entry with whole-column checks (C loops); ``None`` if any entry is bad.
 
@@ -201,7 +237,6 @@ def _entries_in_bulk(
     offsets) at once. It only decides good or bad: ``_entry`` words the error. JSON gives
     exact types, so ``type(...)`` sets are exact checks (``bool`` is not ``int`` here).
     """
-    specs = list(header.values())
     if set(map(type, specs)) - {dict}:
         return None
     dtypes = list(map(dict.get, specs, repeat("dtype")))
@@ -221,7 +256,7 @@ def _entries_in_bulk(
         return None
     starts = map(data_start.__add__, begins)
     stops = map(data_start.__add__, ends)
-    fields = zip(header, repeat(path), dtypes, map(tuple, shapes), starts, stops, repeat(stamp))
+    fields = zip(names, repeat(path), dtypes, map(tuple, shapes), starts, stops, repeat(stamp))
     return list(map(_make_info, fields))
 
 
