@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import operator
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -96,6 +97,9 @@ def _path(copy: Copy) -> Path:
     return copy.info.path
 
 
+_TARGET_NAME = operator.attrgetter("target.name")
+
+
 def _runs(batch: list[Copy]) -> Iterator[list[Copy]]:
     """Split a shard's copies into steps: runs of adjacent small direct copies, or one copy."""
     run: list[Copy] = []
@@ -125,14 +129,16 @@ class _Log:
 
     def start(self, run: list[Copy]) -> None:
         self.current = run[0]
-        self.touched.update(dict.fromkeys(c.target.name for c in run))
+        self.touched.update(dict.fromkeys(map(_TARGET_NAME, run)))
 
     def finish(self, run: list[Copy], progress: Progress | None) -> None:
-        for copy in run:
-            name = copy.target.name
-            self.touched.pop(name, None)
-            self.written.add(name)
-            if progress is not None:
+        names = list(map(_TARGET_NAME, run))
+        self.written.update(names)
+        touched = self.touched
+        for name in names:
+            touched.pop(name, None)
+        if progress is not None:
+            for copy in run:
                 progress(copy.info.end - copy.info.start)
 
 
@@ -194,7 +200,8 @@ class _Shard:
             size, address = info.end - info.start, run[0].target.tensor.data_ptr()
             spans = [(at, min(SPLIT_BYTES, size - at)) for at in range(0, size, SPLIT_BYTES)]
             return [self.threads.submit(self._read, [_raw(address + at, n)], info.start + at, n) for at, n in spans]
-        buffers = [_buffer(c.target.tensor, c.info.end - c.info.start) for c in run]
+        # Inline, not a call per tensor: runs hold up to IOV_MAX tiny tensors.
+        buffers = [(ctypes.c_char * (c.info.end - c.info.start)).from_address(c.target.tensor.data_ptr()) for c in run]
         return [self.threads.submit(self._read, buffers, info.start, run[-1].info.end - info.start)]
 
     def copy_mapped(self, copy: Copy) -> None:
@@ -226,11 +233,6 @@ class _Shard:
 
 def _raw(address: int, size: int) -> ctypes.Array[ctypes.c_char]:
     return (ctypes.c_char * size).from_address(address)
-
-
-def _buffer(tensor: torch.Tensor, size: int) -> ctypes.Array[ctypes.c_char]:
-    """The memory of contiguous CPU ``tensor`` as a writable buffer of ``size`` bytes."""
-    return (ctypes.c_char * size).from_address(tensor.data_ptr())
 
 
 def _copy_mapped(base: torch.Tensor, copy: Copy) -> None:

@@ -11,14 +11,14 @@ import difflib
 import functools
 import operator
 from collections.abc import Callable, Iterable
-from itertools import groupby
+from itertools import compress, groupby
 from typing import NamedTuple
 
 import torch
 
-from kvcore._errors import MapperConflictError, WeightLoadError
+from kvcore._errors import KvcoreError, MapperConflictError, WeightLoadError
 from kvcore._mapper import WeightsMapper
-from kvcore._safetensors import TensorInfo, read_tensor
+from kvcore._safetensors import DTYPES, TensorInfo, read_tensor
 from kvcore._targets import Target
 
 __all__ = ["Copy", "Plan", "ScaleValue", "build_plan"]
@@ -79,16 +79,30 @@ def build_plan(
     mapper: WeightsMapper,
 ) -> Plan:
     """Resolve every tensor; raise on the first bad one, collect unexpected and missing."""
+    infos = list(tensors)
+    names = list(map(mapper.map_name, map(_NAME, infos)))
+    found = list(map(targets.get, names))
+    plan, claimed = _quick_plan(infos, found, names) or _careful_plan(infos, found, names, targets)
+    _sort_by_file(plan.copies)
+    plan.missing = _missing(targets, claimed)
+    plan.unexpected.sort()
+    return plan
+
+
+def _careful_plan(
+    infos: list[TensorInfo], found: list[Target | None], names: list[str | None], targets: dict[str, Target]
+) -> tuple[Plan, dict[int, str]]:
+    """Tensor by tensor, in order: drops, unresolved names, conflicts, scales, copies.
+
+    The reference for what a plan is; the first bad tensor raises.
+    """
     plan = Plan([], {}, [], [], [])
     claimed: dict[int, str] = {}
-    # Runs once per checkpoint tensor: keep the per-tensor work to lookups and a tuple.
-    find, claim, copies = targets.get, claimed.setdefault, plan.copies
-    infos = list(tensors)
-    for info, name in zip(infos, map(mapper.map_name, map(_NAME, infos)), strict=True):
+    claim, copies = claimed.setdefault, plan.copies
+    for info, target, name in zip(infos, found, names, strict=True):
         if name is None or ("rotary_" in name and any(s in name for s in SKIP_SUBSTRS)):
             plan.dropped.append(info.name)
             continue
-        target = find(name)
         if target is None:
             _unresolved(plan, info, name, targets)
             continue
@@ -99,13 +113,42 @@ def build_plan(
             plan.scales.setdefault(target.module_name, {})[target.attr] = _scale(info, target)
         else:
             copies.append(_make_copy((info, target, target.loader, check_fits(info, target))))
-    _sort_by_file(copies)
-    plan.missing = _missing(targets, claimed)
-    plan.unexpected.sort()
-    return plan
+    return plan, claimed
+
+
+def _quick_plan(
+    infos: list[TensorInfo], found: list[Target | None], names: list[str | None]
+) -> tuple[Plan, dict[int, str]] | None:
+    """``_careful_plan``'s result for the usual checkpoint, with C loops instead of one pass per tensor.
+
+    Usual: every tensor resolves (no drop, no unexpected name) to a parameter of its own.
+    ``None`` otherwise, or when any check fails: the careful pass then decides, and raises
+    for the first bad tensor in checkpoint order.
+    """
+    # A name mapped to None finds no target, so past the first test no name is None. Then
+    # one substring test on all names at once ("rotary_" holds no newline to straddle two).
+    if None in found or "rotary_" in "\n".join(names):  # type: ignore[arg-type]
+        return None
+    resolved: list[Target] = found  # type: ignore[assignment]
+    claimed = dict(zip(map(id, map(_TENSOR, resolved)), map(_NAME, infos), strict=True))
+    if len(claimed) != len(infos):  # two tensors for one parameter
+        return None
+    plan = Plan([], {}, [], [], [])
+    scale = list(map(_IS_KV_SCALE, resolved))
+    plain = list(map(operator.not_, scale))
+    try:
+        for info, target in zip(compress(infos, scale), compress(resolved, scale), strict=True):
+            plan.scales.setdefault(target.module_name, {})[target.attr] = _scale(info, target)
+        infos, resolved = list(compress(infos, plain)), list(compress(resolved, plain))
+        direct = list(map(check_fits, infos, resolved))
+    except KvcoreError:
+        return None
+    plan.copies = list(map(_make_copy, zip(infos, resolved, map(_LOADER, resolved), direct, strict=True)))
+    return plan, claimed
 
 
 _NAME = operator.itemgetter(0)  # TensorInfo.name
+_TENSOR, _LOADER, _IS_KV_SCALE = (operator.attrgetter(f) for f in ("tensor", "loader", "is_kv_scale"))  # Target's
 _make_copy = functools.partial(tuple.__new__, Copy)
 """``Copy`` from a tuple of its fields, without a Python-level ``__new__`` call."""
 _PATH = operator.attrgetter("info.path")
@@ -138,6 +181,7 @@ def _file_order(copy: Copy) -> tuple[str, int]:
 
 PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 """Tensor classes whose memory the copier may fill directly (subclasses may intercept writes)."""
+_STRIDED = torch.strided
 
 
 def _unresolved(plan: Plan, info: TensorInfo, name: str, targets: dict[str, Target]) -> None:
@@ -187,7 +231,7 @@ def check_fits(info: TensorInfo, target: Target) -> bool:
     Returns whether the copy may be ``direct`` (see ``Copy``), reusing what the checks read.
     """
     tensor, loader = target.tensor, target.loader
-    source, dest = info.torch_dtype, tensor.dtype
+    source, dest = DTYPES[info.dtype], tensor.dtype
     if tensor.shape != info.shape and loader is None and not (tensor.numel() == 1 and info.numel == 1):
         raise WeightLoadError(
             f"{_where(info, target.name)} has shape {list(info.shape)} but the parameter has "
@@ -206,7 +250,7 @@ def check_fits(info: TensorInfo, target: Target) -> bool:
         and info.end > info.start
         and type(tensor) in PLAIN_TYPES
         and tensor.is_cpu
-        and tensor.layout is torch.strided
+        and tensor.layout is _STRIDED
         and tensor.is_contiguous()
     )
 
