@@ -21,7 +21,7 @@ import ctypes
 import mmap
 import operator
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import groupby
 from pathlib import Path
@@ -93,15 +93,25 @@ def _drain(pending: list[tuple[list[Copy], list[Future[int]]]], log: _Log, progr
         log.finish(run, progress)
 
 
-def _path(copy: Copy) -> Path:
-    return copy.info.path
-
-
+_path = operator.attrgetter("info.path")
+_START, _END = operator.attrgetter("info.start"), operator.attrgetter("info.end")
+_DIRECT, _TENSOR = operator.attrgetter("direct"), operator.attrgetter("target.tensor")
 _TARGET_NAME = operator.attrgetter("target.name")
+_from_address = type(ctypes.c_char * 1).from_address
+"""``from_address`` of ctypes array types, unbound: ``_from_address(array_type, address)``."""
 
 
-def _runs(batch: list[Copy]) -> Iterator[list[Copy]]:
+def _runs(batch: list[Copy]) -> Iterable[list[Copy]]:
     """Split a shard's copies into steps: runs of adjacent small direct copies, or one copy."""
+    starts, ends = list(map(_START, batch)), list(map(_END, batch))
+    # The usual shard of small tensors, back to back, all direct: IOV_MAX at a time.
+    if all(map(_DIRECT, batch)) and starts[1:] == ends[:-1] and max(map(operator.sub, ends, starts)) < SPLIT_BYTES:
+        return [batch[at : at + IOV_MAX] for at in range(0, len(batch), IOV_MAX)]
+    return _split(batch)
+
+
+def _split(batch: list[Copy]) -> Iterator[list[Copy]]:
+    """``_runs`` for any batch, copy by copy."""
     run: list[Copy] = []
     for copy in batch:
         info = copy.info
@@ -200,8 +210,10 @@ class _Shard:
             size, address = info.end - info.start, run[0].target.tensor.data_ptr()
             spans = [(at, min(SPLIT_BYTES, size - at)) for at in range(0, size, SPLIT_BYTES)]
             return [self.threads.submit(self._read, [_raw(address + at, n)], info.start + at, n) for at, n in spans]
-        # Inline, not a call per tensor: runs hold up to IOV_MAX tiny tensors.
-        buffers = [(ctypes.c_char * (c.info.end - c.info.start)).from_address(c.target.tensor.data_ptr()) for c in run]
+        # C loops, no Python call per tensor: a run holds up to IOV_MAX tiny tensors.
+        sizes = map(operator.sub, map(_END, run), map(_START, run))
+        addresses = map(torch.Tensor.data_ptr, map(_TENSOR, run))
+        buffers = list(map(_from_address, map(ctypes.c_char.__mul__, sizes), addresses))
         return [self.threads.submit(self._read, buffers, info.start, run[-1].info.end - info.start)]
 
     def copy_mapped(self, copy: Copy) -> None:
