@@ -210,6 +210,11 @@ _NAME = operator.itemgetter(0)  # TensorInfo.name
 def _tensor_table(shards: tuple[ShardHeader, ...]) -> dict[str, TensorInfo]:
     table: dict[str, TensorInfo] = {}
     for shard in shards:
+        table.update(zip(map(_NAME, shard.tensors), shard.tensors, strict=True))
+    if len(table) == sum(len(shard.tensors) for shard in shards):  # no name twice
+        return table
+    table.clear()
+    for shard in shards:
         for info in shard.tensors:
             if info.name in table:
                 raise CheckpointError(

@@ -209,10 +209,14 @@ def _conflict(claimed: dict[int, str], info: TensorInfo, target: Target) -> None
 
 
 def _missing(targets: dict[str, Target], claimed: dict[int, str]) -> list[str]:
+    idents = list(map(id, map(_TENSOR, targets.values())))
+    unclaimed = set(idents) - claimed.keys()
+    if not unclaimed:  # the usual case, found with C loops
+        return []
     provided = claimed.keys()
     seen: set[int] = set()
     missing = []
-    for name, target in targets.items():
+    for name, target in compress(targets.items(), map(unclaimed.__contains__, idents)):
         ident = id(target.tensor)
         if target.is_kv_scale or ident in provided or ident in seen:
             continue
