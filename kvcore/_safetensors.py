@@ -83,7 +83,7 @@ class TensorInfo(NamedTuple):
 
     ``stamp`` is the shard's :class:`FileStamp` when the header was read (``None`` for
     infos made by hand, which are then not checked for changes). A tuple, not a
-    dataclass: a checkpoint holds up to 10^5 of them, built in bulk (see ``_entries``).
+    dataclass: a checkpoint holds up to 10^5 of them, built in bulk (see ``_entries_in_bulk``).
     """
 
     name: str
