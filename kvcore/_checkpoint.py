@@ -99,12 +99,16 @@ def _shard_paths(directory: Path) -> list[Path]:
 
 def _indexed_shards(directory: Path, index: Path, weight_map: dict[str, str]) -> list[Path]:
     root = directory.resolve()
-    shards: dict[str, Path] = {}
-    for tensor, shard in weight_map.items():
-        if shard not in shards:
-            shards[shard] = _inside(root, index, tensor, shard)
+    shards = {shard: _inside(root, index, tensor, shard) for shard, tensor in _first_tensors(weight_map).items()}
     # Two spellings of one file ("a.safetensors", "./a.safetensors") are one shard.
     return list(dict.fromkeys(shards.values()))
+
+
+def _first_tensors(weight_map: dict[str, str]) -> dict[str, str]:
+    """Each shard the index names, in order of first mention, with the first tensor it places there."""
+    # Built backwards, so that for each shard the earliest tensor is written last and stays.
+    first = dict(zip(reversed(weight_map.values()), reversed(weight_map), strict=True))
+    return {shard: first[shard] for shard in dict.fromkeys(weight_map.values())}
 
 
 def _weight_map(index: Path) -> dict[str, str]:
@@ -169,10 +173,7 @@ def _check_index(
 ) -> None:
     """Every tensor the index names is in the shard it names (the shards may hold more)."""
     # Resolve once per shard, not once per tensor: checkpoints hold up to 10^5 tensors.
-    named: dict[str, Path] = {}
-    for name, shard in weight_map.items():
-        if shard not in named:
-            named[shard] = _inside(root, index, name, shard)
+    named = {shard: _inside(root, index, name, shard) for shard, name in _first_tensors(weight_map).items()}
     if _index_matches(weight_map, named, shards):
         return
     actual = {path: path.resolve() for path in {info.path for info in tensors.values()}}

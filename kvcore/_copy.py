@@ -134,19 +134,23 @@ class _Log:
 
     def __init__(self) -> None:
         self.written: set[str] = set()
-        self.touched: dict[str, None] = {}  # being written now: partly written if a step fails
         self.current: Copy | None = None
+        # Runs being written now (partly written if a step fails), by id, in start order.
+        # Their names are listed only on failure, not for every run started.
+        self._running: dict[int, list[Copy]] = {}
+
+    @property
+    def touched(self) -> dict[str, None]:
+        """Names of the parameters being written now, in order."""
+        return dict.fromkeys(copy.target.name for run in self._running.values() for copy in run)
 
     def start(self, run: list[Copy]) -> None:
         self.current = run[0]
-        self.touched.update(dict.fromkeys(map(_TARGET_NAME, run)))
+        self._running[id(run)] = run
 
     def finish(self, run: list[Copy], progress: Progress | None) -> None:
-        names = list(map(_TARGET_NAME, run))
-        self.written.update(names)
-        touched = self.touched
-        for name in names:
-            touched.pop(name, None)
+        del self._running[id(run)]
+        self.written.update(map(_TARGET_NAME, run))
         if progress is not None:
             for copy in run:
                 progress(copy.info.end - copy.info.start)

@@ -80,13 +80,22 @@ def build_plan(
 ) -> Plan:
     """Resolve every tensor; raise on the first bad one, collect unexpected and missing."""
     infos = list(tensors)
-    names = list(map(mapper.map_name, map(_NAME, infos)))
+    # A mapper without rules maps every name to itself: skip its call per tensor.
+    mapped = map(mapper.map_name, map(_NAME, infos)) if _has_rules(mapper) else map(_NAME, infos)
+    names: list[str | None] = list(mapped)
     found = list(map(targets.get, names))
     plan, claimed = _quick_plan(infos, found, names) or _careful_plan(infos, found, names, targets)
     _sort_by_file(plan.copies)
     plan.missing = _missing(targets, claimed)
     plan.unexpected.sort()
     return plan
+
+
+def _has_rules(mapper: WeightsMapper) -> bool:
+    """False for a plain ``WeightsMapper`` with no rule (a subclass may map names its own way)."""
+    if type(mapper).map_name is not WeightsMapper.map_name:
+        return True
+    return any(getattr(mapper, f.name) for f in dataclasses.fields(mapper))
 
 
 def _careful_plan(
@@ -209,6 +218,10 @@ def _conflict(claimed: dict[int, str], info: TensorInfo, target: Target) -> None
 
 
 def _missing(targets: dict[str, Target], claimed: dict[int, str]) -> list[str]:
+    # Each claimed tensor is the tensor of at least one target name: as many claimed as names
+    # means every tensor is claimed once, under one name (no ties, no scale left out).
+    if len(claimed) == len(targets):
+        return []
     idents = list(map(id, map(_TENSOR, targets.values())))
     unclaimed = set(idents) - claimed.keys()
     if not unclaimed:  # the usual case, found with C loops
