@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
+from hypothesis import given
 from hypothesis import strategies as st
 from safetensors import safe_open
 
@@ -191,3 +194,37 @@ def genuine_config(folder: str) -> dict[str, Any]:
 def reshard(folder: str, directory: Path, shards: int) -> Path:
     """The genuine fixture's tensors and config, rewritten as ``shards`` shards with an index."""
     return write_checkpoint(directory, read_all(FIXTURES / folder), config=genuine_config(folder), shards=shards)
+
+
+def mapper_property_tests(
+    mapper: kvcore.WeightsMapper, table: Mapping[str, str], produced: str
+) -> tuple[Callable[..., None], ...]:
+    """The four tests every first-party mapper must pass, bound to ``mapper``.
+
+    A test module assigns them to ``test_*`` names: the name -> target ``table``; idempotence;
+    weights and already-mapped scales left alone; and every renamed tensor ends in a target
+    matching ``produced``, under the module path it came from.
+    """
+
+    @pytest.mark.parametrize(("name", "target"), table.items())
+    def mapping_table(name: str, target: str) -> None:
+        assert mapper.map_name(name) == target
+
+    @given(names())
+    def idempotent(name: str) -> None:
+        once = mapper.map_name(name)
+        assert once is not None and mapper.map_name(once) == once
+
+    @given(prefixes(), st.sampled_from(UNTOUCHED))
+    def leaves_weights_alone(prefix: str, leaf: str) -> None:
+        name = f"{prefix}.{leaf}" if prefix else leaf
+        assert mapper.map_name(name) == name
+
+    @given(names())
+    def only_produces_attention_targets(name: str) -> None:
+        mapped = mapper.map_name(name)
+        if mapped != name:
+            assert mapped is not None and re.search(produced, mapped)
+            assert name.startswith(mapped.rsplit(".attn.", 1)[0] + ".")  # the module path is kept
+
+    return mapping_table, idempotent, leaves_weights_alone, only_produces_attention_targets

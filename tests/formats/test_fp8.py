@@ -7,9 +7,7 @@ import re
 from typing import Any
 
 import pytest
-from formats_support import FIXTURES, UNTOUCHED, names, prefixes
-from hypothesis import given
-from hypothesis import strategies as st
+from formats_support import FIXTURES, mapper_property_tests
 
 import kvcore
 import kvcore_fp8
@@ -115,26 +113,9 @@ TABLE = {
 }
 
 
-@pytest.mark.parametrize(("name", "target"), TABLE.items())
-def test_mapping_table(name: str, target: str) -> None:
-    assert MAPPER.map_name(name) == target
-
-
-@given(names())
-def test_mapper_is_idempotent(name: str) -> None:
-    once = MAPPER.map_name(name)
-    assert once is not None and MAPPER.map_name(once) == once
-
-
-@given(prefixes(), st.sampled_from(UNTOUCHED))
-def test_mapper_leaves_weights_and_mapped_scales_alone(prefix: str, leaf: str) -> None:
-    name = f"{prefix}.{leaf}" if prefix else leaf
-    assert MAPPER.map_name(name) == name
-
-
-@given(names())
-def test_mapper_only_ever_produces_k_or_v_attention_scales(name: str) -> None:
-    mapped = MAPPER.map_name(name)
-    if mapped != name:
-        assert mapped is not None and re.search(r"\.attn\.[kv]_scale$", mapped)
-        assert name.startswith(mapped.rsplit(".attn.", 1)[0] + ".")
+(
+    test_mapping_table,
+    test_mapper_is_idempotent,
+    test_mapper_leaves_weights_and_mapped_scales_alone,
+    test_mapper_only_ever_produces_attention_targets,
+) = mapper_property_tests(MAPPER, TABLE, r"\.attn\.[kv]_scale$")
