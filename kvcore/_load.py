@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -56,7 +56,7 @@ def load(
     check_name_conflicts(ckpt.tensors, contributions)
     targets = model_targets(model)
     plan = build_plan(ckpt.tensors.values(), targets, combined)
-    _settle_strictness(plan, strict, ckpt, list(targets))
+    _settle_strictness(plan, strict, ckpt, targets)
     check_shards_unchanged(ckpt.shards)  # a shard rewritten since planning is refused before any write
     with default_progress(plan.copies, progress) as report_bytes:  # a bar on a TTY for big loads
         loaded = copy_all(plan.copies, report_bytes)
@@ -124,16 +124,27 @@ def check_name_conflicts(names: Iterable[str], contributions: list[Contribution]
             claims[mapped] = contribution
 
 
-def _settle_strictness(plan: Plan, strict: bool, ckpt: Checkpoint, targets: list[str]) -> None:
+SUGGESTIONS = 20
+"""Names that get a close-match suggestion: each costs a fuzzy match against every candidate,
+and a checkpoint for the wrong model can have 10^5 offenders."""
+
+
+def _settle_strictness(plan: Plan, strict: bool, ckpt: Checkpoint, targets: Mapping[str, object]) -> None:
     if not plan.unexpected and not plan.missing:
         return
-    lines = []
+    names, lines = list(targets), []
     if plan.unexpected:
         lines.append(f"{len(plan.unexpected)} checkpoint tensor(s) match no model parameter:")
-        lines += [_unexpected_line(ckpt, name, plan.renamed[name], targets) for name in plan.unexpected]
+        lines += [
+            _unexpected_line(ckpt, name, plan.renamed[name], names if i < SUGGESTIONS else [])
+            for i, name in enumerate(plan.unexpected)
+        ]
     if plan.missing:
         lines.append(f"{len(plan.missing)} model parameter(s) are not in the checkpoint {ckpt.directory}:")
-        lines += [f"  {name}{suggest(name, plan.unexpected)}" for name in plan.missing]
+        lines += [
+            f"  {name}{suggest(name, plan.unexpected if i < SUGGESTIONS else [])}"
+            for i, name in enumerate(plan.missing)
+        ]
     if strict:
         raise WeightLoadError(
             "\n".join(lines)

@@ -208,3 +208,21 @@ def test_report_repr_names_method_and_parameters(tmp_path: Path) -> None:
     report = kvcore.load(model, write(tmp_path, {**plain_weights(model), **scales(k_scale=0.1, v_scale=0.2)}))
     text = repr(report)
     assert "fp8" in text and "lm_head.weight" in text and "model.layers.0.self_attn.attn" in text
+
+
+def test_close_matches_are_suggested_for_the_first_offenders_only(tmp_path: Path) -> None:
+    # Each suggestion is a fuzzy match against every parameter name: bounded, so that a
+    # checkpoint for the wrong model (10^5 offenders) still fails fast, with every name listed.
+    from kvcore._load import SUGGESTIONS
+
+    model = torch.nn.Module()
+    count = SUGGESTIONS + 5
+    for i in range(count):
+        model.register_parameter(f"p{i:03d}_weight", torch.nn.Parameter(torch.zeros(1)))
+    tensors = {f"p{i:03d}_weigth": torch.zeros(1) for i in range(count)}
+    with pytest.raises(kvcore.WeightLoadError) as info:
+        kvcore.load(model, write(tmp_path, tensors, quant=None))
+    lines = [line for line in str(info.value).splitlines() if "_weigth" in line and "did you mean" not in line]
+    hinted = [line for line in str(info.value).splitlines() if "did you mean" in line and "_weigth" in line]
+    assert len(hinted) == SUGGESTIONS and len(lines) == count - SUGGESTIONS
+    assert "did you mean 'p000_weight'" in hinted[0]
