@@ -27,7 +27,6 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check kvcore plugins tests examples
-	$(PY) -m ruff format --check kvcore plugins tests
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info plugins/*/*.egg-info plugins/*/build
