@@ -104,12 +104,59 @@ def _any_of(patterns: tuple[Pattern, ...]) -> Pattern | None:
         return None
 
 
+_SPECIAL = frozenset(".^$*+?{}[]|()\\")
+
+
+def _literal_tail(pattern: Pattern) -> str:
+    """The literal text every match of an end-anchored ``pattern`` ends with ('' if unknown).
+
+    Read backwards from a final unescaped ``$``: plain characters and escaped punctuation
+    (``\\.``) are literal; anything else (a class, a quantifier, a group) ends the tail.
+    Patterns with ``|`` or flags that change ``$`` or case give ''.
+    """
+    text = pattern.pattern
+    if not isinstance(text, str) or "|" in text or pattern.flags & (re.IGNORECASE | re.MULTILINE | re.VERBOSE):
+        return ""
+    if not text.endswith("$") or _escaped(text, len(text) - 1):
+        return ""
+    tail, i = [], len(text) - 2
+    while i >= 0:
+        char, escaped = text[i], _escaped(text, i)
+        if escaped and (char.isalnum() or char == "_"):
+            break  # \d, \b, \1 ...: not a literal
+        if not escaped and char in _SPECIAL:
+            break
+        tail.append(char)
+        i -= 2 if escaped else 1
+    return "".join(reversed(tail))
+
+
+def _escaped(text: str, index: int) -> bool:
+    """Whether ``text[index]`` follows an odd run of backslashes."""
+    count = 0
+    while index - count - 1 >= 0 and text[index - count - 1] == "\\":
+        count += 1
+    return count % 2 == 1
+
+
+def _tails_of(patterns: tuple[Pattern, ...]) -> tuple[str, ...] | None:
+    """Literal endings one of which every name a pattern matches must have, or ``None``.
+
+    ``$`` also matches before a final newline, so each tail comes with and without one.
+    """
+    tails = [_literal_tail(p) for p in patterns]
+    if not patterns or not all(tails):
+        return None
+    return tuple(tails) + tuple(t + "\n" for t in tails)
+
+
 @dataclasses.dataclass(frozen=True)
 class _FastRules:
     """A mapper's rules as tuples, with the one-call pre-checks ``map_name`` starts with."""
 
     regex: tuple[tuple[Pattern, Target], ...]
     regex_any: Pattern | None
+    regex_tails: tuple[str, ...] | None
     substr: tuple[tuple[str, Target], ...]
     prefix: tuple[tuple[str, Target], ...]
     prefixes: tuple[str, ...]
@@ -124,6 +171,7 @@ class _FastRules:
         return cls(
             regex,
             _any_of(tuple(p for p, _ in regex)),
+            _tails_of(tuple(p for p, _ in regex)),
             tuple(mapper.orig_to_new_substr.items()),
             prefix,
             tuple(p for p, _ in prefix),
@@ -180,7 +228,11 @@ class WeightsMapper:
         """Return ``name`` rewritten by every matching rule, or ``None`` if a rule drops it."""
         fast: _FastRules = self.__dict__["_fast"]  # set in __post_init__, not a dataclass field
         key = name
-        if fast.regex and (fast.regex_any is None or fast.regex_any.search(key)):
+        if (
+            fast.regex
+            and (fast.regex_tails is None or key.endswith(fast.regex_tails))
+            and (fast.regex_any is None or fast.regex_any.search(key))
+        ):
             for pattern, target in fast.regex:
                 if pattern.search(key):
                     if target is None:

@@ -75,13 +75,13 @@ def test_none_drops_at_once() -> None:
     assert mapper.apply_dict({"drop.me": 1, "b.me": 2}) == {"b.kept": 2}
 
 
-names = st.text(alphabet="ab.1", max_size=8)
+names = st.text(alphabet="ab.1\n\\", max_size=8)
 targets = st.one_of(st.none(), st.text(alphabet="abc.", max_size=4))
 rule_tables = st.dictionaries(st.text(alphabet="ab.1", min_size=1, max_size=3), targets, max_size=3)
 
 
 regex_tables = st.dictionaries(
-    st.sampled_from([r"a", r"\.1", r"^b", r"a$", r"(a)b"]),
+    st.sampled_from([r"a", r"\.1", r"^b", r"a$", r"(a)b", r"\.1$", r"[ab]\.a$", r"(?<!b)a\.$", r"b*a$", r"\\$"]),
     st.one_of(st.none(), st.sampled_from(["x", r"\g<0>c", "."])),
     max_size=2,
 )
