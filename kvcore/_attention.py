@@ -46,11 +46,6 @@ class Attention(torch.nn.Module):
         for name in SCALE_NAMES:
             self.register_parameter(name, KVCacheScaleParameter())
 
-    @property
-    def kv_cache_is_fp8(self) -> bool:
-        """Whether the KV cache is stored in fp8 (so that its scales matter)."""
-        return self.kv_cache_dtype.startswith("fp8")
-
     def process_weights_after_loading(self) -> None:
         """Apply kvcore's rules for missing scales, after a loader other than ``kvcore.load``.
 

@@ -38,10 +38,6 @@ class Checkpoint:
     shards: tuple[ShardHeader, ...]
     tensors: dict[str, TensorInfo]
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(info.nbytes for info in self.tensors.values())
-
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read ``config.json``, any quantization config, and every shard's header."""

@@ -68,10 +68,6 @@ class Plan:
     missing: list[str]
     renamed: dict[str, str] = dataclasses.field(default_factory=dict)
 
-    @property
-    def bytes_to_copy(self) -> int:
-        return sum(c.info.nbytes for c in self.copies)
-
 
 def build_plan(
     tensors: Iterable[TensorInfo],

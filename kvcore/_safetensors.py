@@ -288,10 +288,6 @@ def _all_counts(values: list[Any]) -> bool:
     return all(type(value) is int and value >= 0 for value in values)
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _check_layout(path: Path, tensors: tuple[TensorInfo, ...], file_size: int) -> None:
     """Every tensor lies inside the file and no two share a byte (tensors are sorted by start)."""
     if _layout_ok(tensors, file_size):
