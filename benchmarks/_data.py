@@ -66,7 +66,7 @@ def _tensors(spec: Spec) -> Iterator[tuple[str, torch.Tensor]]:
         yield name, torch.randn(param.shape, generator=generator).to(param.dtype)
         if spec.get("kv_scales") and name.endswith("self_attn.v_proj.weight"):
             prefix = name.removesuffix("v_proj.weight")
-            # AutoFP8 layout (FORMATS.md): 0-dim float32 scales beside the projections.
+            # AutoFP8 layout (docs/formats.md): 0-dim float32 scales beside the projections.
             for kind in "kv":
                 yield f"{prefix}{kind}_scale", torch.rand((), generator=generator) / 100 + 0.01
 

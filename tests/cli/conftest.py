@@ -27,7 +27,7 @@ FP8_ARGS = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": Fal
 
 
 def compressed_tensors(strategy: str = "tensor") -> dict[str, object]:
-    """A compressed-tensors quantization_config as llm-compressor 0.14 writes it (FORMATS.md)."""
+    """A compressed-tensors quantization_config as llm-compressor 0.14 writes it (docs/formats.md)."""
     return {
         "quant_method": "compressed-tensors",
         "format": "float-quantized",

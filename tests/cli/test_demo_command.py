@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-# FORMATS.md: how each tool names the KV scales under model.layers.N.self_attn.
+# docs/formats.md: how each tool names the KV scales under model.layers.N.self_attn.
 TOOL_NAMES = {
     "compressed-tensors": {"k_scale": "k_scale", "v_scale": "v_scale"},
     "compressed-tensors per-head": {"k_scale": "k_scale", "v_scale": "v_scale"},

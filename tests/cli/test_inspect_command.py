@@ -16,7 +16,7 @@ TOP_KEYS = ["quant_method", "plugins", "layers", "anomalies"]
 ENTRY_KEYS = ["tensor", "target", "shape", "dtype", "value"]
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
-# FORMATS.md: the checkpoint name of each KV scale under model.layers.N.self_attn, per fixture.
+# docs/formats.md: the checkpoint name of each KV scale under model.layers.N.self_attn, per fixture.
 FIXTURE_SCALES = {
     "autofp8/head_k_v_scale": ("fp8", "fp8", {"k_scale": "k_scale", "v_scale": "v_scale"}),
     "llmcompressor/fp8_kv_tensor": ("compressed-tensors", "compressed-tensors",
@@ -135,7 +135,7 @@ def test_a_bad_scale_value_is_an_error_and_exit_1(run_script, cli: SimpleNamespa
 
 def test_an_implausible_magnitude_is_a_warning_not_an_error(run_script, cli: SimpleNamespace,
                                                            checkpoint: Callable) -> None:
-    # llm-compressor 0.14 can save an uninitialised q_scale such as 1e-19 (FORMATS.md)
+    # llm-compressor 0.14 can save an uninitialised q_scale such as 1e-19 (docs/formats.md)
     tensors = {**cli.kv_layers({"k_scale": 0.02, "v_scale": 0.03}),
                **{f"model.layers.{n}.self_attn.q_scale": torch.tensor([1e-19], dtype=torch.bfloat16)
                   for n in range(2)}}

@@ -1,4 +1,4 @@
-"""Helpers for the per-format tests: checkpoints in FORMATS.md's layouts, and exact checks.
+"""Helpers for the per-format tests: checkpoints in docs/formats.md's layouts, and exact checks.
 
 ``P`` is the attention block of layer ``i`` as the real tools name it; the model is
 :func:`kvcore.testing.tiny_llama`, whose attention modules sit at ``P.attn``.

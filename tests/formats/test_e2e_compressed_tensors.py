@@ -1,4 +1,4 @@
-"""End to end through ``kvcore.load``: compressed-tensors (llm-compressor) checkpoints per FORMATS.md.
+"""End to end through ``kvcore.load``: compressed-tensors (llm-compressor) checkpoints per docs/formats.md.
 
 Current ``P.{k,v}_scale`` (1,) bf16; per-head ``(H_kv, 1, 1)``; attention-quantized with
 ``P.q_scale`` and all-zero fp8 zero points; int8 asymmetric (refused); legacy

@@ -1,4 +1,4 @@
-"""End to end through ``kvcore.load``: every ``quant_method == "fp8"`` layout of FORMATS.md.
+"""End to end through ``kvcore.load``: every ``quant_method == "fp8"`` layout of docs/formats.md.
 
 AutoFP8 (``P.k_scale``/``P.v_scale`` () float32, legacy ``P.kv_scale``), Quark's deprecated
 fp8 export (() bf16, k == v), block fp8 (no KV scales, ``weight_scale_inv``), single file and

@@ -1,4 +1,4 @@
-"""End to end through ``kvcore.load``: AMD Quark checkpoints as FORMATS.md describes them.
+"""End to end through ``kvcore.load``: AMD Quark checkpoints as docs/formats.md describes them.
 
 Scales are 0-dim bf16 ``P.{k,v,q}_proj.output_scale`` and ``P.prob_output_scale``; k == v
 unless ``kv_cache_post_rope``. Single file and sharded, and the genuine Quark 0.13 checkpoint.

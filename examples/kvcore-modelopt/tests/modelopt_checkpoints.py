@@ -1,4 +1,4 @@
-"""ModelOpt-style checkpoints as ModelOpt 0.47 writes them (FORMATS.md), for this plugin's tests."""
+"""ModelOpt-style checkpoints as ModelOpt 0.47 writes them (docs/formats.md), for this plugin's tests."""
 
 from __future__ import annotations
 
