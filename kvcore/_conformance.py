@@ -44,7 +44,7 @@ REAL_LOOKING_NAMES: tuple[str, ...] = (
     "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
     *(name.format(i=i) for i in (0, 1, 10) for name in _PER_LAYER),
 )
-"""Tensor names as the quantization tools of FORMATS.md write them (and as kvcore maps them)."""
+"""Tensor names as the quantization tools of docs/formats.md write them (and as kvcore maps them)."""
 
 FOREIGN_CONFIGS: tuple[QuantConfig, ...] = (
     QuantConfig("fp8", {"quant_method": "fp8", "activation_scheme": "static", "kv_cache_scheme": "static"}),

@@ -1,6 +1,6 @@
 """The checkpoints ``kvcore demo`` writes: one per format, named as the real tools name them.
 
-Names, shapes, dtypes and configs follow FORMATS.md (what llm-compressor, AMD Quark,
+Names, shapes, dtypes and configs follow docs/formats.md (what llm-compressor, AMD Quark,
 NVIDIA ModelOpt and AutoFP8 write); the values are made up but plausible (amax / 448).
 """
 
