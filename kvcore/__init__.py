@@ -18,6 +18,7 @@ from kvcore._load import load
 from kvcore._mapper import WeightsMapper
 from kvcore._plugins import get_plugin_manager
 from kvcore._quant_config import QuantConfig
+from kvcore._read_scales import mapper_for, read_kv_scales
 from kvcore._report import LoadReport
 from kvcore._scale_param import KVCacheScaleParameter
 from kvcore.hookspecs import hookimpl, hookspec
@@ -42,4 +43,6 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "load",
+    "mapper_for",
+    "read_kv_scales",
 ]

@@ -1,19 +1,36 @@
-"""``AutoWeightsLoader``: vLLM's recursive, per-parameter loader, with kvcore's errors."""
+"""``AutoWeightsLoader``: vLLM's recursive, per-parameter loader, with kvcore's naming and checks."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import torch
 
 from kvcore._errors import WeightLoadError
-from kvcore._mapper import WeightsMapper
-from kvcore._plan import SKIP_SUBSTRS
+from kvcore._finalise import finalise_module, loaded_scales
+from kvcore._mapper import ShardId, WeightsMapper
+from kvcore._naming import ZERO_POINT_NAMES, Naming, shard_loader_error
+from kvcore._plan import SKIP_SUBSTRS, accepts_shard
+from kvcore._targets import attention_modules, model_targets
 
 __all__ = ["AutoWeightsLoader", "default_weight_loader"]
 
 Weights = Iterable[tuple[str, torch.Tensor]]
+OFFSETS = ZERO_POINT_NAMES | {"k_bias", "v_bias"}
+"""Leaves of zero points and ModelOpt's affine biases: all-zero ones are dropped, others refused."""
+
+
+class _Item(NamedTuple):
+    """A weight on its way down the module tree: its tensor, shard id, and name before packing."""
+
+    tensor: torch.Tensor
+    shard: ShardId | None
+    unpacked: str
+
+
+Items = Iterable[tuple[str, _Item]]
 
 
 def default_weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor) -> None:
@@ -35,10 +52,16 @@ class AutoWeightsLoader:
 
     Each tensor goes to the parameter (or persistent buffer) of the same dotted name; a
     parameter's own ``weight_loader(param, tensor)`` is used when it has one, and a child
-    module's own ``load_weights(weights)`` when it has one. Names starting with one of
-    ``skip_prefixes`` or containing one of ``skip_substrs`` are skipped; unexpected names
-    matching ``ignore_unexpected_prefixes`` / ``ignore_unexpected_suffixes`` are ignored;
-    any other unexpected name raises ``WeightLoadError``.
+    module's own ``load_weights(weights)`` when it has one. Names are resolved as
+    ``kvcore.load`` resolves them: the mapper, then KV-cache scales to the one
+    ``kvcore.Attention`` below ``<P>`` when ``<P>.attn`` is none, then packing (the module's
+    ``packed_modules_mapping`` and the mapper's ``orig_to_new_stacked``; a packed tensor goes
+    through ``weight_loader(param, tensor, shard_id)``). All-zero zero points and affine biases
+    are dropped and non-zero ones refused. Names starting with one of ``skip_prefixes`` or
+    containing one of ``skip_substrs`` are skipped; unexpected names matching
+    ``ignore_unexpected_prefixes`` / ``ignore_unexpected_suffixes`` are ignored; any other
+    unexpected name raises ``WeightLoadError``. Afterwards every ``kvcore.Attention`` below
+    ``module`` is finalised (``Attention.process_weights_after_loading``).
     """
 
     def __init__(
@@ -57,11 +80,13 @@ class AutoWeightsLoader:
         self.ignore_unexpected_suffixes = list(ignore_unexpected_suffixes or ())
 
     def load_weights(self, weights: Weights, *, mapper: WeightsMapper | None = None) -> set[str]:
-        """Load ``weights`` (renamed by ``mapper`` first); return the qualified names loaded."""
-        if mapper is not None:
-            weights = mapper.apply(weights)
-        kept = ((name, w) for name, w in weights if not self._can_skip(name))
-        return set(self._load_module("", self.module, kept))
+        """Load ``weights`` (renamed by ``mapper`` first); return the names of the tensors written."""
+        targets = model_targets(self.module)
+        naming = Naming(mapper if mapper is not None else WeightsMapper(), self.module, targets)
+        kept = ((name, item) for name, item in _resolved(weights, naming) if not self._can_skip(name))
+        loaded = set(self._load_module("", self.module, kept))
+        _finalise_attention(attention_modules(targets))
+        return loaded
 
     def _can_skip(self, qualname: str) -> bool:
         return any(qualname.startswith(p) for p in self.skip_prefixes) or any(
@@ -73,14 +98,14 @@ class AutoWeightsLoader:
             qualname.endswith(s) for s in self.ignore_unexpected_suffixes
         )
 
-    def _load_module(self, base_prefix: str, module: torch.nn.Module, weights: Weights) -> Iterator[str]:
+    def _load_module(self, base_prefix: str, module: torch.nn.Module, weights: Items) -> Iterator[str]:
         if module is not self.module:
             custom = getattr(module, "load_weights", None)
             if callable(custom):
-                loaded = custom(weights)
+                loaded = custom(_as_pairs(base_prefix, weights))
                 yield from (_qualname(base_prefix, name) for name in loaded or ())
                 return
-        children = dict(module.named_children())
+        children = {name: child for name, child in module._modules.items() if child is not None}  # aliases too
         tensors = _loadable_tensors(module)
         for child_prefix, child_weights in _groupby_prefix(weights):
             prefix = _qualname(base_prefix, child_prefix)
@@ -104,8 +129,8 @@ class AutoWeightsLoader:
             for name in (prefix + ".", prefix)
         )
 
-    def _load_param(self, base_prefix: str, param: torch.Tensor, weights: Weights) -> Iterator[str]:
-        for weight_name, weight in weights:
+    def _load_param(self, base_prefix: str, param: torch.Tensor, weights: Items) -> Iterator[str]:
+        for weight_name, item in weights:
             qualname = _qualname(base_prefix, weight_name)
             if self._can_skip(qualname):
                 continue
@@ -116,9 +141,51 @@ class AutoWeightsLoader:
                     f"attempted to load nested weight {qualname!r} into the single parameter "
                     f"{base_prefix!r}"
                 )
-            loader = getattr(param, "weight_loader", default_weight_loader)
-            loader(param, weight)
+            loader = getattr(param, "weight_loader", None)
+            if item.shard is not None:
+                if not accepts_shard(loader):
+                    raise shard_loader_error(qualname, item.unpacked, item.shard)
+                loader(param, item.tensor, item.shard)  # type: ignore[misc]
+            else:
+                (loader or default_weight_loader)(param, item.tensor)
             yield qualname
+
+
+def _resolved(weights: Weights, naming: Naming) -> Iterator[tuple[str, _Item]]:
+    """Each weight under its model name, with its shard id; dropped ones and all-zero offsets left out."""
+    for name, tensor in weights:
+        unpacked = naming.unpacked(name)
+        if unpacked is None:
+            continue
+        final, shard = (unpacked, None) if unpacked in naming.targets else naming.resolve_unknown(unpacked)
+        if final is None:
+            continue
+        if final not in naming.targets and final.rpartition(".")[2] in OFFSETS:
+            _check_offset(name, tensor)
+            continue
+        yield final, _Item(tensor, shard, unpacked)
+
+
+def _check_offset(name: str, tensor: torch.Tensor) -> None:
+    if tensor.numel() and bool((tensor.detach().to(torch.float32) != 0).any()):
+        raise WeightLoadError(
+            f"{name!r} holds non-zero values: the KV cache is asymmetric (zero points) or affine "
+            "(biases), and kvcore loads symmetric KV caches only. Quantize the KV cache "
+            "symmetrically, or load the checkpoint with an engine that supports this scheme"
+        )
+
+
+def _finalise_attention(attention: dict[str, torch.nn.Module]) -> None:
+    """No ``-1.0`` sentinel is left in place: kvcore's rules for missing scales, once per module."""
+    for name, module in attention.items():
+        finalise_module(name, module, loaded_scales(module))
+
+
+def _as_pairs(base_prefix: str, weights: Items) -> Iterator[tuple[str, torch.Tensor]]:
+    """What a child's own ``load_weights`` receives: names relative to it, before packing."""
+    cut = len(base_prefix) + 1 if base_prefix else 0
+    for name, item in weights:
+        yield (item.unpacked[cut:] if item.shard is not None else name), item.tensor
 
 
 def _qualname(prefix: str, rest: str) -> str:
@@ -137,7 +204,7 @@ def _loadable_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _groupby_prefix(weights: Weights) -> Iterator[tuple[str, Iterator[tuple[str, torch.Tensor]]]]:
+def _groupby_prefix(weights: Items) -> Iterator[tuple[str, Iterator[tuple[str, _Item]]]]:
     parts = ((name.split(".", 1), w) for name, w in weights)
     for prefix, group in itertools.groupby(parts, key=lambda item: item[0][0]):
         yield prefix, (("" if len(p) == 1 else p[1], w) for p, w in group)

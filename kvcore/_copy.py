@@ -253,7 +253,9 @@ def _raw(address: int, size: int) -> ctypes.Array[ctypes.c_char]:
 
 def _copy_mapped(base: torch.Tensor, copy: Copy) -> None:
     source = _view(base, copy.info)
-    if copy.loader is not None:
+    if copy.shard is not None:
+        copy.loader(copy.target.tensor, source, copy.shard)  # type: ignore[misc]
+    elif copy.loader is not None:
         copy.loader(copy.target.tensor, source)
     else:
         with torch.no_grad():

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-import warnings
 
 import torch
 
 from kvcore._attention import SCALE_NAMES
 from kvcore._plan import ScaleValue
-from kvcore._scale_param import NOT_LOADED
+from kvcore._scale_param import DEFAULTED, NOT_LOADED, store_scale
+from kvcore._warn import warn
 
-__all__ = ["DEFAULT", "finalise_module", "loaded_scales"]
+__all__ = ["DEFAULT", "fill_k_v", "final_values", "finalise_module", "loaded_scales"]
 
 log = logging.getLogger("kvcore")
 DEFAULT = "default"
@@ -30,19 +30,14 @@ def finalise_module(
     (vLLM asserts on v-only, kvcore does not); neither gives 1.0, with a warning when the KV
     cache is fp8; q and prob default to 1.0.
     """
-    chosen = dict(loaded)
-    if "k_scale" in chosen and "v_scale" not in chosen:
-        chosen["v_scale"] = chosen["k_scale"]
-    elif "v_scale" in chosen and "k_scale" not in chosen:
-        chosen["k_scale"] = chosen["v_scale"]
-    elif "k_scale" not in chosen and _is_fp8(module):
+    chosen = fill_k_v(loaded)
+    if "k_scale" not in chosen and _is_fp8(module):
         message = (
             f"attention layer {module_name!r} has an fp8 KV cache but the checkpoint has no k or v "
             "scale for it; using 1.0, which may lose accuracy. Use a checkpoint calibrated for an "
             "fp8 KV cache"
         )
-        log.warning(message)
-        warnings.warn(message, UserWarning, stacklevel=4)
+        warn(message)
     values: dict[str, Value] = {}
     sources: dict[str, str] = {}
     for attr, param in module.named_parameters(recurse=False):
@@ -50,19 +45,48 @@ def finalise_module(
             continue
         scale = chosen.get(attr)
         tensor = scale.value if scale is not None else torch.ones(1, dtype=torch.float32)
-        param.data = _shaped(tensor).to(param.device)
-        values[attr] = tensor.tolist() if tensor.numel() > 1 else float(tensor[0])
+        store_scale(param, _shaped(tensor))
+        # A default (or k serving for v) is re-decided if the scale is loaded later.
+        setattr(param, DEFAULTED, attr not in loaded)
+        values[attr] = _plain(tensor)
         sources[attr] = scale.source if scale is not None else DEFAULT
     return values, sources
 
 
+def fill_k_v(loaded: dict[str, ScaleValue]) -> dict[str, ScaleValue]:
+    """``loaded`` with k serving for a missing v and v for a missing k."""
+    chosen = dict(loaded)
+    if "k_scale" in chosen and "v_scale" not in chosen:
+        chosen["v_scale"] = chosen["k_scale"]
+    elif "v_scale" in chosen and "k_scale" not in chosen:
+        chosen["k_scale"] = chosen["v_scale"]
+    return chosen
+
+
+def final_values(loaded: dict[str, ScaleValue]) -> tuple[dict[str, Value], dict[str, str]]:
+    """Every scale's final value and source, for a module that is not at hand (no warning)."""
+    chosen = fill_k_v(loaded)
+    values: dict[str, Value] = {}
+    sources: dict[str, str] = {}
+    for attr in SCALE_NAMES:
+        scale = chosen.get(attr)
+        values[attr] = _plain(scale.value) if scale is not None else 1.0
+        sources[attr] = scale.source if scale is not None else DEFAULT
+    return values, sources
+
+
+def _plain(value: torch.Tensor) -> Value:
+    return value.tolist() if value.numel() > 1 else float(value.reshape(-1)[0])
+
+
 def loaded_scales(module: torch.nn.Module) -> dict[str, ScaleValue]:
-    """The scales of ``module`` that a loader has written (no longer the ``-1.0`` sentinel)."""
+    """The scales of ``module`` that a loader has written: not the ``-1.0`` sentinel, not a default."""
     found = {}
     for attr in SCALE_NAMES:
         param = module._parameters.get(attr)
-        if param is not None and not bool((param == NOT_LOADED).all()):
-            found[attr] = ScaleValue(param.detach().to(torch.float32).reshape(-1).clone(), attr)
+        if param is None or getattr(param, DEFAULTED, False) or bool((param == NOT_LOADED).all()):
+            continue
+        found[attr] = ScaleValue(param.detach().to(torch.float32).reshape(-1).clone(), attr)
     return found
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -16,12 +15,14 @@ from kvcore._errors import MapperConflictError, QuantConfigError, WeightLoadErro
 from kvcore._finalise import finalise_module
 from kvcore._gc import paused_gc
 from kvcore._mapper import WeightsMapper
+from kvcore._naming import ATTENTION_LEAVES
 from kvcore._plan import Plan, build_plan, suggest
 from kvcore._plugins import get_plugin_manager, plugin_records
 from kvcore._progress import default_progress
 from kvcore._report import LoadReport
 from kvcore._safetensors import check_shards_unchanged
-from kvcore._targets import attention_modules, model_targets
+from kvcore._targets import Target, attention_modules, model_targets
+from kvcore._warn import warn
 
 __all__ = ["load", "plugin_mappers"]
 
@@ -55,7 +56,7 @@ def load(
     combined = combine(mapper if mapper is not None else WeightsMapper(), contributions)
     check_name_conflicts(ckpt.tensors, contributions)
     targets = model_targets(model)
-    plan = build_plan(ckpt.tensors.values(), targets, combined)
+    plan = build_plan(ckpt.tensors.values(), targets, combined, model)
     _settle_strictness(plan, strict, ckpt, targets)
     check_shards_unchanged(ckpt.shards)  # a shard rewritten since planning is refused before any write
     with default_progress(plan.copies, progress) as report_bytes:  # a bar on a TTY for big loads
@@ -96,8 +97,7 @@ def plugin_mappers(
     )
     if strict:
         raise QuantConfigError(message)
-    log.warning(message)
-    warnings.warn(message, UserWarning, stacklevel=3)
+    warn(message)
     return []
 
 
@@ -129,7 +129,7 @@ SUGGESTIONS = 20
 and a checkpoint for the wrong model can have 10^5 offenders."""
 
 
-def _settle_strictness(plan: Plan, strict: bool, ckpt: Checkpoint, targets: Mapping[str, object]) -> None:
+def _settle_strictness(plan: Plan, strict: bool, ckpt: Checkpoint, targets: Mapping[str, Target]) -> None:
     if not plan.unexpected and not plan.missing:
         return
     names, lines = list(targets), []
@@ -142,18 +142,32 @@ def _settle_strictness(plan: Plan, strict: bool, ckpt: Checkpoint, targets: Mapp
     if plan.missing:
         lines.append(f"{len(plan.missing)} model parameter(s) are not in the checkpoint {ckpt.directory}:")
         lines += [
-            f"  {name}{suggest(name, plan.unexpected if i < SUGGESTIONS else [])}"
+            f"  {name}{_absent(plan, name)}{suggest(name, plan.unexpected if i < SUGGESTIONS else [])}"
             for i, name in enumerate(plan.missing)
         ]
     if strict:
-        raise WeightLoadError(
-            "\n".join(lines)
-            + "\nNothing was written. Pass a mapper that renames these tensors, or strict=False "
+        raise WeightLoadError("\n".join(lines) + "\nNothing was written. " + _advice(plan, targets))
+    warn("\n".join(lines))
+
+
+def _absent(plan: Plan, name: str) -> str:
+    shards = plan.absent_shards.get(name)
+    return f" (packed: shard(s) {', '.join(map(repr, shards))} absent)" if shards else ""
+
+
+def _advice(plan: Plan, targets: Mapping[str, Target]) -> str:
+    """What to do about the offenders, the likeliest cause first."""
+    scales = [n for n in plan.unexpected if plan.renamed[n].rpartition(".")[2] in ATTENTION_LEAVES]
+    if scales and not any(t.is_kv_scale for t in targets.values()):
+        return (
+            f"The checkpoint has KV-cache scales ({scales[0]!r}, ...) but the model has no "
+            "kvcore.Attention: add one per attention layer (kvcore.Attention(num_heads, head_size, "
+            "num_kv_heads) beside the projections, at <layer>.self_attn.attn), or pass strict=False "
             "to load the rest"
         )
-    message = "\n".join(lines)
-    log.warning(message)
-    warnings.warn(message, UserWarning, stacklevel=3)
+    if plan.absent_shards and len(plan.absent_shards) == len(plan.missing) and not plan.unexpected:
+        return "The checkpoint lacks shards of packed parameters: use a complete checkpoint for this model"
+    return "Pass a mapper that renames these tensors, or strict=False to load the rest"
 
 
 def _unexpected_line(ckpt: Checkpoint, name: str, mapped: str, targets: list[str]) -> str:

@@ -9,11 +9,13 @@ from typing import Any, TypeVar
 
 from kvcore._errors import MapperConflictError
 
-__all__ = ["WeightsMapper"]
+__all__ = ["ShardId", "WeightsMapper"]
 
 V = TypeVar("V")
 Target = str | None
 Pattern = re.Pattern[str]
+ShardId = int | str
+Packed = tuple[str, ShardId]
 
 
 def _identity(key: Any) -> Any:
@@ -37,12 +39,15 @@ class _Rules(Mapping[Any, Target]):
 
     __slots__ = ("_items", "_normalize")
 
-    def __init__(self, rules: Mapping[Any, Target] | None, normalize: Callable[[Any], Any]) -> None:
-        items: dict[Any, Target] = {}
+    def __init__(
+        self,
+        rules: Mapping[Any, Any] | None,
+        normalize: Callable[[Any], Any],
+        check: Callable[[Any, Any], Any],
+    ) -> None:
+        items: dict[Any, Any] = {}
         for key, target in (rules or {}).items():
-            if target is not None and not isinstance(target, str):
-                raise TypeError(f"rule target for {key!r} must be str or None, not {target!r}")
-            items[normalize(key)] = target
+            items[normalize(key)] = check(key, target)
         self._items = items
         self._normalize = normalize
 
@@ -76,7 +81,38 @@ class _Rules(Mapping[Any, Target]):
         return repr(shown)
 
 
+def _check_target(key: Any, target: Any) -> Target:
+    if target is not None and not isinstance(target, str):
+        raise TypeError(f"rule target for {key!r} must be str or None, not {target!r}")
+    return target
+
+
+def _check_packed(key: Any, target: Any) -> Packed | Target:
+    """A stacked rule's target: ``(fused name, shard id)`` (a list is stored as a tuple).
+
+    Like every rule kind, ``None`` drops the weight; a plain string renames at the packing
+    step without a shard id.
+    """
+    if not isinstance(key, str):
+        raise TypeError(f"stacked rule keys must be str, not {type(key).__name__}")
+    if target is None or isinstance(target, str):
+        return target
+    if (
+        not isinstance(target, tuple | list)
+        or len(target) != 2
+        or not isinstance(target[0], str)
+        or not isinstance(target[1], int | str)
+        or isinstance(target[1], bool)
+    ):
+        raise TypeError(
+            f"stacked rule target for {key!r} must be a (fused name, shard id) pair such as "
+            f"('.qkv_proj', 'k'), not {target!r}"
+        )
+    return (target[0], target[1])
+
+
 _NORMALIZERS: dict[str, Callable[[Any], Any]] = {"orig_to_new_regex": _compile}
+_CHECKS: dict[str, Callable[[Any, Any], Any]] = {"orig_to_new_stacked": _check_packed}
 
 
 def _kind(field_name: str) -> str:
@@ -162,6 +198,7 @@ class _FastRules:
     prefixes: tuple[str, ...]
     suffix: tuple[tuple[str, Target], ...]
     suffixes: tuple[str, ...]
+    stacked: tuple[tuple[str, Packed | Target], ...]
 
     @classmethod
     def of(cls, mapper: WeightsMapper) -> _FastRules:
@@ -177,6 +214,7 @@ class _FastRules:
             tuple(p for p, _ in prefix),
             suffix,
             tuple(s for s, _ in suffix),
+            tuple(mapper.orig_to_new_stacked.items()),
         )
 
 
@@ -187,18 +225,23 @@ class WeightsMapper:
     Each field maps a key to a target (``None`` drops the weight). Rules apply in vLLM's
     order: every matching regex rule (``pattern.sub``, all matches, ``\\1`` groups allowed),
     then substring rules (first occurrence), then prefix rules, then suffix rules (last
-    occurrence), each to the name as rewritten so far. ``a | b`` holds every rule of both and
-    raises :class:`MapperConflictError` when they map one key to different targets.
+    occurrence), each to the name as rewritten so far. Last, packing: the first
+    ``orig_to_new_stacked`` key found in the name (``".k_proj": (".qkv_proj", "k")``) is
+    replaced once, and the tensor loads as that shard of the fused parameter (see
+    :meth:`map_packed`). ``a | b`` holds every rule of both and raises
+    :class:`MapperConflictError` when they map one key to different targets.
     """
 
     orig_to_new_regex: Mapping[str | Pattern, Target] = dataclasses.field(default_factory=dict)
     orig_to_new_substr: Mapping[str, Target] = dataclasses.field(default_factory=dict)
     orig_to_new_prefix: Mapping[str, Target] = dataclasses.field(default_factory=dict)
     orig_to_new_suffix: Mapping[str, Target] = dataclasses.field(default_factory=dict)
+    orig_to_new_stacked: Mapping[str, Packed | Target] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            rules = _Rules(getattr(self, f.name), _NORMALIZERS.get(f.name, _identity))
+            check = _CHECKS.get(f.name, _check_target)
+            rules = _Rules(getattr(self, f.name), _NORMALIZERS.get(f.name, _identity), check)
             object.__setattr__(self, f.name, rules)
         # map_name runs once per checkpoint tensor (10^5 on big MoE checkpoints): precompute
         # plain tuples, and a single test per kind that rejects names no rule of it touches.
@@ -207,10 +250,10 @@ class WeightsMapper:
     def __or__(self, other: object) -> WeightsMapper:
         if not isinstance(other, WeightsMapper):
             return NotImplemented
-        merged: dict[str, dict[Any, Target]] = {}
+        merged: dict[str, dict[Any, Any]] = {}
         for f in dataclasses.fields(self):
-            ours: Mapping[Any, Target] = getattr(self, f.name)
-            theirs: Mapping[Any, Target] = getattr(other, f.name)
+            ours: Mapping[Any, Any] = getattr(self, f.name)
+            theirs: Mapping[Any, Any] = getattr(other, f.name)
             for key, target in theirs.items():
                 if key in ours and ours[key] != target:
                     shown = getattr(key, "pattern", key)
@@ -225,7 +268,24 @@ class WeightsMapper:
         return WeightsMapper(**merged)
 
     def map_name(self, name: str) -> str | None:
-        """Return ``name`` rewritten by every matching rule, or ``None`` if a rule drops it."""
+        """Return ``name`` rewritten by every matching rule (packing included), or ``None`` if dropped."""
+        return self.map_packed(name)[0]
+
+    def map_packed(self, name: str) -> tuple[str | None, ShardId | None]:
+        """``(map_name(name), shard id)``: the shard id is ``None`` unless a stacked rule packed it."""
+        key = self._map_unpacked(name)
+        if key is not None:
+            for substr, target in self.__dict__["_fast"].stacked:
+                if substr in key:
+                    if target is None:
+                        return None, None
+                    if isinstance(target, str):
+                        return key.replace(substr, target, 1), None
+                    return key.replace(substr, target[0], 1), target[1]
+        return key, None
+
+    def _map_unpacked(self, name: str) -> str | None:
+        """``name`` rewritten by every rule but the stacked ones (the name before packing)."""
         fast: _FastRules = self.__dict__["_fast"]  # set in __post_init__, not a dataclass field
         key = name
         if (

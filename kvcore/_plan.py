@@ -9,17 +9,20 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import inspect
 import operator
 from collections.abc import Callable, Iterable
-from itertools import compress, groupby
+from itertools import compress, groupby, repeat
 from typing import NamedTuple
 
 import torch
 
 from kvcore._errors import KvcoreError, MapperConflictError, WeightLoadError
-from kvcore._mapper import WeightsMapper
+from kvcore._mapper import ShardId, WeightsMapper
+from kvcore._naming import ZERO_POINT_NAMES, Naming, shard_loader_error
 from kvcore._safetensors import DTYPES, TensorInfo, read_tensor
-from kvcore._targets import Target
+from kvcore._scale_param import check_scale_value
+from kvcore._targets import Target, attention_modules
 
 __all__ = ["Copy", "Plan", "ScaleValue", "build_plan"]
 
@@ -31,22 +34,22 @@ SKIP_SUBSTRS = (
 )
 """Buffers old checkpoints carry that no model loads (vLLM skips them too)."""
 
-ZERO_POINT_NAMES = {"k_zero_point", "v_zero_point", "q_zero_point"}
-
-
 class Copy(NamedTuple):
     """Copy checkpoint tensor ``info`` into ``target`` (through ``loader`` when it has one).
 
     ``direct``: the bytes can be read from the file straight into the tensor's memory (a
     contiguous CPU tensor of the same dtype and size, no loader); otherwise the copier
-    goes through a torch view of the mapped file. A tuple, not a dataclass: a plan holds
-    one per checkpoint tensor, and frozen dataclasses are several times slower to build.
+    goes through a torch view of the mapped file. ``shard``: the shard id a packed
+    parameter's ``loader(param, tensor, shard)`` receives (``None``: not packed). A tuple,
+    not a dataclass: a plan holds one per checkpoint tensor, and frozen dataclasses are
+    several times slower to build.
     """
 
     info: TensorInfo
     target: Target
-    loader: Callable[[torch.Tensor, torch.Tensor], object] | None
+    loader: Callable[..., object] | None
     direct: bool = False
+    shard: ShardId | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,24 +70,44 @@ class Plan:
     unexpected: list[str]
     missing: list[str]
     renamed: dict[str, str] = dataclasses.field(default_factory=dict)
+    absent_shards: dict[str, list[ShardId]] = dataclasses.field(default_factory=dict)
+    """Packed parameters some of whose shards the checkpoint lacks: the shard ids absent."""
 
 
 def build_plan(
     tensors: Iterable[TensorInfo],
     targets: dict[str, Target],
     mapper: WeightsMapper,
+    model: torch.nn.Module | None = None,
 ) -> Plan:
-    """Resolve every tensor; raise on the first bad one, collect unexpected and missing."""
+    """Resolve every tensor; raise on the first bad one, collect unexpected and missing.
+
+    ``model`` (the root module) may declare ``packed_modules_mapping``.
+    """
     infos = list(tensors)
+    naming = Naming(mapper, model if model is not None else torch.nn.Module(), targets)
     # A mapper without rules maps every name to itself: skip its call per tensor.
-    mapped = map(mapper.map_name, map(_NAME, infos)) if _has_rules(mapper) else map(_NAME, infos)
+    mapped = map(naming.unpacked, map(_NAME, infos)) if _has_rules(mapper) else map(_NAME, infos)
     names: list[str | None] = list(mapped)
     found = list(map(targets.get, names))
-    plan, claimed = _quick_plan(infos, found, names) or _careful_plan(infos, found, names, targets)
+    shards = _resolve_unknown(naming, names, found) if None in found else []
+    canonical = {id(module): name for name, module in attention_modules(targets).items()}
+    quick = None if shards else _quick_plan(infos, found, names, canonical)
+    plan, claimed = quick or _careful_plan(infos, found, names, shards or [None] * len(infos), naming, canonical)
     _sort_by_file(plan.copies)
-    plan.missing = _missing(targets, claimed)
+    plan.missing = sorted(_missing(targets, claimed) + list(plan.absent_shards))
     plan.unexpected.sort()
     return plan
+
+
+def _resolve_unknown(naming: Naming, names: list[str | None], found: list[Target | None]) -> list[ShardId | None]:
+    """Redirect and pack the names no model tensor has, in place; their shard ids (``[]``: none)."""
+    shards: list[ShardId | None] = [None] * len(names)
+    for i, name in enumerate(names):
+        if found[i] is None and name is not None:
+            names[i], shards[i] = naming.resolve_unknown(name)
+            found[i] = naming.targets.get(names[i])  # type: ignore[arg-type]
+    return shards if any(shard is not None for shard in shards) else []
 
 
 def _has_rules(mapper: WeightsMapper) -> bool:
@@ -95,7 +118,12 @@ def _has_rules(mapper: WeightsMapper) -> bool:
 
 
 def _careful_plan(
-    infos: list[TensorInfo], found: list[Target | None], names: list[str | None], targets: dict[str, Target]
+    infos: list[TensorInfo],
+    found: list[Target | None],
+    names: list[str | None],
+    shards: list[ShardId | None],
+    naming: Naming,
+    canonical: dict[int, str],
 ) -> tuple[Plan, dict[int, str]]:
     """Tensor by tensor, in order: drops, unresolved names, conflicts, scales, copies.
 
@@ -103,26 +131,75 @@ def _careful_plan(
     """
     plan = Plan([], {}, [], [], [])
     claimed: dict[int, str] = {}
+    packed: dict[int, dict[ShardId, str]] = {}
     claim, copies = claimed.setdefault, plan.copies
-    for info, target, name in zip(infos, found, names, strict=True):
+    for info, target, name, shard in zip(infos, found, names, shards, strict=True):
         if name is None or ("rotary_" in name and any(s in name for s in SKIP_SUBSTRS)):
             plan.dropped.append(info.name)
             continue
         if target is None:
-            _unresolved(plan, info, name, targets)
+            _unresolved(plan, info, name, naming.targets)
+            continue
+        if shard is not None:
+            _claim_shard(claimed, packed, info, target, shard)
+            copies.append(Copy(info, target, target.loader, check_fits(info, target), shard))
             continue
         # The first tensor to claim a parameter is recorded; a second one is a conflict.
         if claim(id(target.tensor), info.name) is not info.name:
             _conflict(claimed, info, target)
         if target.is_kv_scale:
-            plan.scales.setdefault(target.module_name, {})[target.attr] = _scale(info, target)
+            plan.scales.setdefault(canonical[id(target.module)], {})[target.attr] = _scale(info, target)
         else:
-            copies.append(_make_copy((info, target, target.loader, check_fits(info, target))))
+            copies.append(_make_copy((info, target, target.loader, check_fits(info, target), None)))
+    _note_absent_shards(plan, packed, found, naming)
     return plan, claimed
 
 
+def _claim_shard(
+    claimed: dict[int, str], packed: dict[int, dict[ShardId, str]], info: TensorInfo, target: Target, shard: ShardId
+) -> None:
+    """Record ``info`` as shard ``shard`` of a packed parameter; refuse a loader without shard ids."""
+    ident = id(target.tensor)
+    if ident not in packed:
+        if ident in claimed:  # the whole parameter came from another tensor
+            _conflict(claimed, info, target)
+        if not accepts_shard(target.loader):
+            raise shard_loader_error(target.name, info.name, shard)
+        claimed[ident], packed[ident] = info.name, {}
+    if shard in packed[ident]:
+        claimed[ident] = packed[ident][shard]
+        _conflict(claimed, info, target)
+    packed[ident][shard] = info.name
+
+
+def accepts_shard(loader: Callable[..., object] | None) -> bool:
+    """Whether ``loader`` can be called as ``loader(param, loaded_weight, shard_id)``."""
+    if loader is None:
+        return False
+    try:
+        inspect.signature(loader).bind(None, None, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a builtin): let the call decide
+        return True
+    return True
+
+
+def _note_absent_shards(
+    plan: Plan, packed: dict[int, dict[ShardId, str]], found: list[Target | None], naming: Naming
+) -> None:
+    """Packed parameters that got some shards but not all: ``plan.absent_shards``."""
+    if not packed:
+        return
+    names = {id(t.tensor): t.name for t in found if t is not None and id(t.tensor) in packed}
+    for ident, got in packed.items():
+        absent = naming.packing.shards_of(names[ident]) - got.keys()
+        if absent:
+            plan.absent_shards[names[ident]] = sorted(absent, key=repr)
+
+
 def _quick_plan(
-    infos: list[TensorInfo], found: list[Target | None], names: list[str | None]
+    infos: list[TensorInfo], found: list[Target | None], names: list[str | None], canonical: dict[int, str]
 ) -> tuple[Plan, dict[int, str]] | None:
     """``_careful_plan``'s result for the usual checkpoint, with C loops instead of one pass per tensor.
 
@@ -143,12 +220,12 @@ def _quick_plan(
     plain = list(map(operator.not_, scale))
     try:
         for info, target in zip(compress(infos, scale), compress(resolved, scale), strict=True):
-            plan.scales.setdefault(target.module_name, {})[target.attr] = _scale(info, target)
+            plan.scales.setdefault(canonical[id(target.module)], {})[target.attr] = _scale(info, target)
         infos, resolved = list(compress(infos, plain)), list(compress(resolved, plain))
         direct = list(map(check_fits, infos, resolved))
     except KvcoreError:
         return None
-    plan.copies = list(map(_make_copy, zip(infos, resolved, map(_LOADER, resolved), direct, strict=True)))
+    plan.copies = list(map(_make_copy, zip(infos, resolved, map(_LOADER, resolved), direct, repeat(None))))
     return plan, claimed
 
 
@@ -193,7 +270,7 @@ def _unresolved(plan: Plan, info: TensorInfo, name: str, targets: dict[str, Targ
     module_name, _, attr = name.rpartition(".")
     owner = targets.get(f"{module_name}.k_scale" if module_name else "k_scale")
     if attr in ZERO_POINT_NAMES and owner is not None and owner.is_kv_scale:
-        _check_zero_point(info, name)
+        check_zero_point(info, name)
         plan.dropped.append(info.name)
     else:
         plan.unexpected.append(info.name)
@@ -289,27 +366,11 @@ def _scale(info: TensorInfo, target: Target) -> ScaleValue:
             "Re-export the checkpoint"
         )
     value = read_tensor(info).to(torch.float32).reshape(-1)
-    _check_scale_values(info, target.name, value)
+    check_scale_value(value, _where(info, target.name))
     return ScaleValue(value, info.name)
 
 
-def _check_scale_values(info: TensorInfo, target: str, value: torch.Tensor) -> None:
-    for problem, bad in (
-        ("NaN", torch.isnan(value)),
-        ("an infinite value", torch.isinf(value)),
-        ("zero", value == 0),
-        ("a negative value", value < 0),
-    ):
-        if bool(bad.any()):
-            shown = value.tolist() if value.numel() <= 8 else f"{value.numel()} values"
-            raise WeightLoadError(
-                f"{_where(info, target)} holds {problem} ({shown}); a KV-cache scale must be a "
-                "finite positive number. The quantization tool probably saved an uninitialised "
-                "scale: re-export the checkpoint"
-            )
-
-
-def _check_zero_point(info: TensorInfo, target: str) -> None:
+def check_zero_point(info: TensorInfo, target: str) -> None:
     value = read_tensor(info)
     if info.numel and bool((value.to(torch.float32) != 0).any()):
         raise WeightLoadError(

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import threading
-import warnings
 from typing import Any
 
 import pluggy
@@ -29,6 +27,7 @@ from kvcore._compat import incompatibility
 from kvcore._entry_points import normalize, scan
 from kvcore._errors import PluginError
 from kvcore._selection import Names, PluginSelection
+from kvcore._warn import warn
 
 __all__ = [
     "GROUP",
@@ -282,13 +281,4 @@ def _fail(message: str, selection: PluginSelection) -> None:
 
 
 def _warn(message: str) -> None:
-    log.warning(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=_first_caller_outside_kvcore())
-
-
-def _first_caller_outside_kvcore() -> int:
-    """The ``stacklevel`` that points a warning at the code that asked kvcore for plugins."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("kvcore."):
-        frame, level = frame.f_back, level + 1
-    return level
+    warn(message, RuntimeWarning)

@@ -6,17 +6,20 @@ import torch
 
 from kvcore._errors import WeightLoadError
 
-__all__ = ["NOT_LOADED", "KVCacheScaleParameter"]
+__all__ = ["DEFAULTED", "NOT_LOADED", "KVCacheScaleParameter", "check_scale_value", "store_scale"]
 
 NOT_LOADED = -1.0
 """The sentinel a scale holds until a checkpoint value (or a default) is written."""
+DEFAULTED = "_kvcore_defaulted"
+"""Attribute finalisation sets on a scale it filled with a default, and a loader clears."""
 
 
 class KVCacheScaleParameter(torch.nn.Parameter):
     """A KV-cache scale: a 0-dim float32 parameter holding ``-1.0`` until loaded.
 
     ``requires_grad`` is always ``False``. :meth:`weight_loader` accepts any tensor with
-    exactly one element and stores it as a 0-dim float32 value.
+    exactly one element holding a finite positive value and stores it as a 0-dim float32
+    value, in place (engines may hold on to the scale's memory).
     """
 
     # ``requires_grad`` is accepted because torch's deepcopy calls ``type(p)(data, requires_grad)``.
@@ -30,11 +33,44 @@ class KVCacheScaleParameter(torch.nn.Parameter):
 
     @staticmethod
     def weight_loader(param: torch.nn.Parameter, loaded_weight: torch.Tensor) -> None:
-        """Store a one-element ``loaded_weight`` in ``param`` as a 0-dim float32 value."""
+        """Store a one-element ``loaded_weight`` in ``param`` as a 0-dim float32 value.
+
+        Raises :class:`kvcore.WeightLoadError` for any other shape, and for a NaN, infinite,
+        zero or negative value (a quantization tool's uninitialised scale).
+        """
         if loaded_weight.numel() != 1:
             raise WeightLoadError(
                 f"a KV-cache scale takes a tensor with exactly one element, got shape "
                 f"{tuple(loaded_weight.shape)}; per-head scales load through kvcore.load"
             )
-        value = loaded_weight.detach().reshape(()).to(device=param.device, dtype=torch.float32)
-        param.data = value.clone()
+        value = loaded_weight.detach().reshape(()).to(dtype=torch.float32)
+        check_scale_value(value, "the loaded KV-cache scale")
+        store_scale(param, value)
+
+
+def check_scale_value(value: torch.Tensor, what: str) -> None:
+    """Raise ``WeightLoadError`` unless every element of float32 ``value`` is finite and positive."""
+    for problem, bad in (
+        ("NaN", torch.isnan(value)),
+        ("an infinite value", torch.isinf(value)),
+        ("zero", value == 0),
+        ("a negative value", value < 0),
+    ):
+        if bool(bad.any()):
+            shown = value.tolist() if value.numel() <= 8 else f"{value.numel()} values"
+            raise WeightLoadError(
+                f"{what} holds {problem} ({shown}); a KV-cache scale must be a finite positive "
+                "number. The quantization tool probably saved an uninitialised scale: re-export "
+                "the checkpoint"
+            )
+
+
+def store_scale(param: torch.Tensor, value: torch.Tensor) -> None:
+    """Write float32 ``value`` into ``param``: in place when the shape allows, so its memory stays."""
+    with torch.no_grad():
+        if param.shape == value.shape and param.dtype == torch.float32:
+            param.data.copy_(value)
+        else:
+            param.data = value.to(device=param.device, dtype=torch.float32).clone()
+    if getattr(param, DEFAULTED, False):
+        setattr(param, DEFAULTED, False)

@@ -127,11 +127,15 @@ def test_regex_rules_are_equal_when_pattern_and_flags_are() -> None:
     assert len((by_string | other_flags).orig_to_new_regex) == 2
 
 
+TARGETS = {"orig_to_new_stacked": (".fused", 0)}
+"""A target of each field's own kind, where a plain string is not the usual one."""
+
+
 @pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(WeightsMapper)])
 def test_or_keeps_every_field(field: str) -> None:
     # Looping over the dataclass fields: a field added later can never be dropped by ``|``.
-    left = WeightsMapper(**{field: {"left": "L"}})
-    right = WeightsMapper(**{field: {"right": "R"}})
+    left = WeightsMapper(**{field: {"left": TARGETS.get(field, "L")}})
+    right = WeightsMapper(**{field: {"right": TARGETS.get(field, "R")}})
     merged = left | right
     assert dict(getattr(merged, field)) == {**getattr(left, field), **getattr(right, field)}
     for other in dataclasses.fields(WeightsMapper):

@@ -25,6 +25,8 @@ EXPECTED = {
     "hookimpl",
     "hookspec",
     "load",
+    "mapper_for",
+    "read_kv_scales",
 }
 
 
