@@ -66,3 +66,53 @@ def _expert(hidden: int, inter: int, dtype: torch.dtype) -> torch.nn.Module:
     expert.gate_proj, expert.up_proj = _linear(inter, hidden, dtype), _linear(inter, hidden, dtype)
     expert.down_proj = _linear(hidden, inter, dtype)
     return expert
+
+
+PACKED = {
+    "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
+    "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+}  # fmt: skip
+"""nano-vllm's ``packed_modules_mapping`` for a Llama: checkpoint module -> (fused module, shard id)."""
+
+
+def _fused(shards: dict[int | str, int], cols: int, dtype: torch.dtype) -> torch.nn.Module:
+    """A fused linear whose ``weight_loader(param, loaded, shard_id)`` writes the shard's rows.
+
+    The loader nano-vllm's ``QKVParallelLinear`` / ``MergedColumnParallelLinear`` have (one
+    rank): ``param.data.narrow(0, offset, rows).copy_(loaded)``.
+    """
+    offsets, at = {}, 0
+    for shard, rows in shards.items():
+        offsets[shard], at = (at, rows), at + rows
+    weight = _param((at, cols), dtype)
+
+    def weight_loader(param: torch.Tensor, loaded: torch.Tensor, shard_id: int | str) -> None:
+        offset, rows = offsets[shard_id]
+        param.data.narrow(0, offset, rows).copy_(loaded)
+
+    weight.weight_loader = weight_loader  # type: ignore[attr-defined]
+    return _holder(weight=weight)
+
+
+def packed_model(spec: Spec) -> torch.nn.Module:
+    """``dense_model`` as engines build it: fused ``qkv_proj`` and ``gate_up_proj``, ``packed_modules_mapping``."""
+    model = dense_model(spec)
+    dtype = getattr(torch, spec.get("dtype", "bfloat16"))
+    hidden, inter, kv = spec["hidden"], spec["intermediate"], spec["kv_heads"] * spec["head_dim"]
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
+        attn.qkv_proj = _fused({"q": hidden, "k": kv, "v": kv}, hidden, dtype)
+        mlp.gate_up_proj = _fused({0: inter, 1: inter}, hidden, dtype)
+    model.packed_modules_mapping = PACKED  # type: ignore[assignment]
+    return model
+
+
+def packed_target(name: str) -> tuple[str, int | str | None]:
+    """The fused parameter a checkpoint name loads into under ``PACKED``, and its shard id."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part in PACKED:
+            fused, shard = PACKED[part]
+            return ".".join([*parts[:i], fused, *parts[i + 1 :]]), shard
+    return name, None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from _data import shard_files, spec_of
-from _models import dense_model
+from _models import dense_model, packed_model, packed_target
 
 Loader = Callable[[], None]
 
@@ -55,6 +55,28 @@ def _raw(model: torch.nn.Module, ckpt: Path) -> Loader:
                 with safe_open(file, framework="pt") as f:
                     for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
                         params[name].copy_(f.get_tensor(name))
+
+    return load
+
+
+def _raw_packed(model: torch.nn.Module, ckpt: Path) -> Loader:
+    from safetensors import safe_open
+
+    files = shard_files(ckpt)
+
+    def load() -> None:
+        # The engine's hand-written loop: name -> fused parameter and shard, weight_loader.
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for file in files:
+                with safe_open(file, framework="pt") as f:
+                    for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                        target, shard = packed_target(name)
+                        param = params[target]
+                        if shard is None:
+                            param.copy_(f.get_tensor(name))
+                        else:
+                            param.weight_loader(param, f.get_tensor(name), shard)
 
     return load
 
@@ -102,12 +124,15 @@ def _vllm(model: torch.nn.Module, ckpt: Path) -> Loader:
     return load
 
 
-CONTENDERS = {"kvcore": _kvcore, "raw": _raw, "memcpy": _memcpy, "vllm": _vllm}
+CONTENDERS = {"kvcore": _kvcore, "raw": _raw, "memcpy": _memcpy, "vllm": _vllm,
+              "kvcore-packed": _kvcore, "raw-packed": _raw_packed}
+PACKED = {"kvcore-packed", "raw-packed"}
+"""Contenders that load into the engine-shaped model (fused qkv/gate_up, shard-id loaders)."""
 
 
 def main(contender: str, ckpt: Path, repeat: int) -> dict[str, object]:
     torch.set_grad_enabled(False)
-    model = dense_model(spec_of(ckpt))
+    model = (packed_model if contender in PACKED else dense_model)(spec_of(ckpt))
     load = CONTENDERS[contender](model, ckpt)
     model_rss = _status("VmRSS")
     load()

@@ -65,6 +65,8 @@ def _load_scenarios(rounds: int, vllm: Path | None) -> dict[str, dict[str, Resul
         contenders: dict[str, tuple[Path | str, Path]] = {
             "kvcore": (python, ckpt), "raw": (python, ckpt), "memcpy": (python, ckpt),
         }
+        if label == "a":  # the engine-shaped model: fused qkv/gate_up with shard-id loaders
+            contenders.update({"kvcore-packed": (python, ckpt), "raw-packed": (python, ckpt)})
         if label == "b":
             contenders["kvcore:fp8"] = (python, moe_fp8)
         if vllm is not None:

@@ -47,9 +47,9 @@ SPLIT_BYTES = 16 << 20
 def copy_all(copies: list[Copy], progress: Progress | None = None) -> set[str]:
     """Execute ``copies`` (sorted by file and offset); return the parameter names written.
 
-    Direct reads are queued on a thread pool and collected in order; before a copy through
-    the memory map (which may call a custom loader) and at the end of each shard the queue
-    is drained, so a failure always knows what was written before it.
+    Direct reads are queued on a thread pool; copies through the memory map (which may call
+    a custom loader) run meanwhile. A run counts as written once all its reads are done; on
+    a failure every read in flight is waited for first, so the error knows what was written.
     """
     log = _Log()
     try:
@@ -64,29 +64,38 @@ def copy_all(copies: list[Copy], progress: Progress | None = None) -> set[str]:
     return log.written
 
 
+Pending = list[tuple[list[Copy], list[Future[int]]]]
+
+
 def _copy_shard(shard: _Shard, batch: list[Copy], log: _Log, progress: Progress | None) -> None:
-    pending: list[tuple[list[Copy], list[Future[int]]]] = []
+    pending: Pending = []
     try:
         for run in _runs(batch):
             log.start(run)
             if run[0].direct:
                 pending.append((run, shard.submit(run)))
                 continue
-            _drain(pending, log, progress)
+            _drain(pending, log, progress, block=False)
             shard.copy_mapped(run[0])
             log.finish(run, progress)
         _drain(pending, log, progress)
     finally:
-        # Never leave a read running into a parameter (or on a closed file) after an error.
-        for _, reads in pending:
-            for read in reads:
-                read.exception()
+        # Never leave a read running into a parameter (or on a closed file) after an error;
+        # the reads that succeeded count as written.
+        for run, reads in pending:
+            if not any(read.exception() for read in reads):
+                log.finish(run, None)
 
 
-def _drain(pending: list[tuple[list[Copy], list[Future[int]]]], log: _Log, progress: Progress | None) -> None:
-    """Wait for the queued reads in order, recording each run as written once all its reads are."""
+def _drain(pending: Pending, log: _Log, progress: Progress | None, *, block: bool = True) -> None:
+    """Record the queued runs as written, in order, once all their reads are done.
+
+    ``block=False`` stops at the first run still being read instead of waiting for it.
+    """
     while pending:
         run, reads = pending[0]
+        if not block and not all(read.done() for read in reads):
+            return
         for read in reads:
             read.result()  # the first failure propagates
         pending.pop(0)
