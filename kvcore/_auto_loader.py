@@ -13,6 +13,7 @@ from kvcore._finalise import finalise_module, loaded_scales
 from kvcore._mapper import ShardId, WeightsMapper
 from kvcore._naming import ZERO_POINT_NAMES, Naming, shard_loader_error
 from kvcore._plan import SKIP_SUBSTRS, accepts_shard
+from kvcore._scale_param import KVCacheScaleParameter, load_scale
 from kvcore._targets import attention_modules, model_targets
 
 __all__ = ["AutoWeightsLoader", "default_weight_loader"]
@@ -23,11 +24,12 @@ OFFSETS = ZERO_POINT_NAMES | {"k_bias", "v_bias"}
 
 
 class _Item(NamedTuple):
-    """A weight on its way down the module tree: its tensor, shard id, and name before packing."""
+    """A weight on its way down the module tree: tensor, shard id, name before packing, name as given."""
 
     tensor: torch.Tensor
     shard: ShardId | None
     unpacked: str
+    source: str
 
 
 Items = Iterable[tuple[str, _Item]]
@@ -114,7 +116,7 @@ class AutoWeightsLoader:
                     yield from self._load_module(prefix, children[child_prefix], child_weights)
             elif child_prefix in tensors:
                 if not self._can_skip(prefix):
-                    yield from self._load_param(prefix, tensors[child_prefix], child_weights)
+                    yield from self._load_param(prefix, tensors[child_prefix], child_weights, module)
             elif not self._skippable_unknown(prefix):
                 raise WeightLoadError(
                     f"there is no module or parameter named {prefix!r} in "
@@ -129,7 +131,9 @@ class AutoWeightsLoader:
             for name in (prefix + ".", prefix)
         )
 
-    def _load_param(self, base_prefix: str, param: torch.Tensor, weights: Items) -> Iterator[str]:
+    def _load_param(
+        self, base_prefix: str, param: torch.Tensor, weights: Items, owner: torch.nn.Module
+    ) -> Iterator[str]:
         for weight_name, item in weights:
             qualname = _qualname(base_prefix, weight_name)
             if self._can_skip(qualname):
@@ -142,7 +146,10 @@ class AutoWeightsLoader:
                     f"{base_prefix!r}"
                 )
             loader = getattr(param, "weight_loader", None)
-            if item.shard is not None:
+            if loader is KVCacheScaleParameter.weight_loader:  # kvcore's own: per-head too, errors named
+                where = f"tensor {item.source!r} (loading into {qualname!r})"
+                load_scale(param, item.tensor, getattr(owner, "num_kv_heads", None), where)
+            elif item.shard is not None:
                 if not accepts_shard(loader):
                     raise shard_loader_error(qualname, item.unpacked, item.shard)
                 loader(param, item.tensor, item.shard)  # type: ignore[misc]
@@ -163,7 +170,7 @@ def _resolved(weights: Weights, naming: Naming) -> Iterator[tuple[str, _Item]]:
         if final not in naming.targets and final.rpartition(".")[2] in OFFSETS:
             _check_offset(name, tensor)
             continue
-        yield final, _Item(tensor, shard, unpacked)
+        yield final, _Item(tensor, shard, unpacked, name)
 
 
 def _check_offset(name: str, tensor: torch.Tensor) -> None:

@@ -6,7 +6,7 @@ import torch
 
 from kvcore._errors import WeightLoadError
 
-__all__ = ["DEFAULTED", "NOT_LOADED", "KVCacheScaleParameter", "check_scale_value", "store_scale"]
+__all__ = ["DEFAULTED", "NOT_LOADED", "KVCacheScaleParameter", "check_scale_value", "load_scale", "store_scale"]
 
 NOT_LOADED = -1.0
 """The sentinel a scale holds until a checkpoint value (or a default) is written."""
@@ -41,11 +41,24 @@ class KVCacheScaleParameter(torch.nn.Parameter):
         if loaded_weight.numel() != 1:
             raise WeightLoadError(
                 f"a KV-cache scale takes a tensor with exactly one element, got shape "
-                f"{tuple(loaded_weight.shape)}; per-head scales load through kvcore.load"
+                f"{tuple(loaded_weight.shape)}; per-head scales load through kvcore.load or kvcore.AutoWeightsLoader"
             )
         value = loaded_weight.detach().reshape(()).to(dtype=torch.float32)
         check_scale_value(value, "the loaded KV-cache scale")
         store_scale(param, value)
+
+
+def load_scale(param: torch.Tensor, loaded: torch.Tensor, heads: int | None, where: str) -> None:
+    """Store a per-tensor (one element) or per-head (``heads`` elements) scale, checked, as float32."""
+    if loaded.numel() != 1 and loaded.numel() != heads:
+        raise WeightLoadError(
+            f"{where} has shape {list(loaded.shape)}: a KV-cache scale has one element (per-tensor) "
+            f"or num_kv_heads={heads} elements (per-head). Build the attention with this rank's "
+            "number of KV heads, or re-export the checkpoint"
+        )
+    value = loaded.detach().to(torch.float32).reshape(-1)
+    check_scale_value(value, where)
+    store_scale(param, value.reshape(()) if value.numel() == 1 else value)
 
 
 def check_scale_value(value: torch.Tensor, what: str) -> None:
