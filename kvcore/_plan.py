@@ -95,7 +95,11 @@ def build_plan(
     quick = None if shards else _quick_plan(infos, found, names, canonical)
     plan, claimed = quick or _careful_plan(infos, found, names, shards or [None] * len(infos), naming, canonical)
     _sort_by_file(plan.copies)
-    plan.missing = sorted(_missing(targets, claimed) + list(plan.absent_shards))
+    missing = _missing(targets, claimed)
+    for name in missing:  # a packed parameter none of whose shards came: every shard is absent
+        if shards_of := naming.packing.shards_of(name):
+            plan.absent_shards[name] = sorted(shards_of, key=repr)
+    plan.missing = sorted({*missing, *plan.absent_shards})
     plan.unexpected.sort()
     return plan
 
