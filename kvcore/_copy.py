@@ -18,6 +18,7 @@ A failure part-way raises ``CheckpointError`` whose ``written`` lists exactly wh
 from __future__ import annotations
 
 import ctypes
+import itertools
 import mmap
 import operator
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 from kvcore._errors import CheckpointError
+from kvcore._file_tensor import FileTensor
 from kvcore._plan import Copy
 from kvcore._safetensors import TensorInfo, check_unchanged
 
@@ -42,6 +44,8 @@ MAX_THREADS = 8
 """The most reader threads a load starts."""
 SPLIT_BYTES = 16 << 20
 """A direct tensor at least this big is read by several threads, in chunks of this size."""
+LOADER_SPLIT_BYTES = 1 << 20
+"""The smallest part of a tensor a loader's ``copy_`` reads on its own thread."""
 
 
 def copy_all(copies: list[Copy], progress: Progress | None = None) -> set[str]:
@@ -69,12 +73,15 @@ Pending = list[tuple[list[Copy], list[Future[int]]]]
 
 def _copy_shard(shard: _Shard, batch: list[Copy], log: _Log, progress: Progress | None) -> None:
     pending: Pending = []
+    runs = list(_runs(batch))
     try:
-        for run in _runs(batch):
+        # Every direct read is queued first, so the pool never idles while this thread copies
+        # through the map (a loader's copy_ reads the file too: see FileTensor).
+        for run in filter(_first_direct, runs):
             log.start(run)
-            if run[0].direct:
-                pending.append((run, shard.submit(run)))
-                continue
+            pending.append((run, shard.submit(run)))
+        for run in itertools.filterfalse(_first_direct, runs):
+            log.start(run)
             _drain(pending, log, progress, block=False)
             shard.copy_mapped(run[0])
             log.finish(run, progress)
@@ -106,6 +113,10 @@ _path = operator.attrgetter("info.path")
 _START, _END = operator.attrgetter("info.start"), operator.attrgetter("info.end")
 _DIRECT, _TENSOR = operator.attrgetter("direct"), operator.attrgetter("target.tensor")
 _TARGET_NAME = operator.attrgetter("target.name")
+
+
+def _first_direct(run: list[Copy]) -> bool:
+    return run[0].direct
 _from_address = type(ctypes.c_char * 1).from_address
 """``from_address`` of ctypes array types, unbound: ``_from_address(array_type, address)``."""
 
@@ -170,6 +181,8 @@ class _Threads:
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
+        # As many readers as torch uses threads, capped: a few saturate memory bandwidth.
+        self.workers = min(MAX_THREADS, max(1, torch.get_num_threads()))
 
     def __enter__(self) -> _Threads:
         return self
@@ -180,8 +193,7 @@ class _Threads:
 
     def submit(self, *args: object) -> Future[int]:
         if self._pool is None:
-            # As many readers as torch uses threads, capped: a few saturate memory bandwidth.
-            self._pool = ThreadPoolExecutor(min(MAX_THREADS, max(1, torch.get_num_threads())), "kvcore-copy")
+            self._pool = ThreadPoolExecutor(self.workers, "kvcore-copy")
         return self._pool.submit(*args)  # type: ignore[arg-type]
 
 
@@ -230,8 +242,38 @@ class _Shard:
         return [self.threads.submit(self._read, buffers, info.start, run[-1].info.end - info.start)]
 
     def copy_mapped(self, copy: Copy) -> None:
-        """Copy through a torch view of the mapped file (conversions, loaders, other devices)."""
-        _copy_mapped(self._mapped(), copy)
+        """Copy through a torch view of the mapped file (conversions, loaders, other devices).
+
+        A loader receives a ``FileTensor``: its ``copy_`` into a parameter reads the file directly.
+        """
+        source = _view(self._mapped(), copy.info)
+        if copy.loader is None:
+            with torch.no_grad():
+                copy.target.tensor.copy_(source.reshape(copy.target.tensor.shape))
+            return
+        if source.data_ptr() % source.dtype.itemsize == 0 and copy.info.start % source.dtype.itemsize == 0:
+            source = FileTensor.wrap(source, self.read_into, copy.info.start)
+        if copy.shard is not None:
+            copy.loader(copy.target.tensor, source, copy.shard)
+        else:
+            copy.loader(copy.target.tensor, source)
+
+    def read_into(self, address: int, offset: int, size: int) -> bool:
+        """Read ``size`` bytes at file ``offset`` into memory at ``address``, on every reader thread.
+
+        The caller (a loader's ``copy_``) waits anyway: it reads the first part itself while
+        the pool reads the others, parts of at least ``LOADER_SPLIT_BYTES``.
+        """
+        if self._file is None or self._file.closed:
+            return False  # a loader kept the tensor past the load: copy from the map instead
+        parts = max(1, min(self.threads.workers, size // LOADER_SPLIT_BYTES))
+        step = -(-size // parts)
+        spans = [(at, min(step, size - at)) for at in range(0, size, step)]
+        reads = [self.threads.submit(self._read, [_raw(address + at, n)], offset + at, n) for at, n in spans[1:]]
+        self._read([_raw(address, spans[0][1])], offset, spans[0][1])
+        for read in reads:
+            read.result()
+        return True
 
     def _read(self, buffers: list[ctypes.Array[ctypes.c_char]], offset: int, expected: int) -> int:
         assert self._file is not None
@@ -258,17 +300,6 @@ class _Shard:
 
 def _raw(address: int, size: int) -> ctypes.Array[ctypes.c_char]:
     return (ctypes.c_char * size).from_address(address)
-
-
-def _copy_mapped(base: torch.Tensor, copy: Copy) -> None:
-    source = _view(base, copy.info)
-    if copy.shard is not None:
-        copy.loader(copy.target.tensor, source, copy.shard)  # type: ignore[misc]
-    elif copy.loader is not None:
-        copy.loader(copy.target.tensor, source)
-    else:
-        with torch.no_grad():
-            copy.target.tensor.copy_(source.reshape(copy.target.tensor.shape))
 
 
 def _view(base: torch.Tensor, info: TensorInfo) -> torch.Tensor:
