@@ -181,6 +181,7 @@ class _Threads:
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
+        self._urgent: ThreadPoolExecutor | None = None
         # As many readers as torch uses threads, capped: a few saturate memory bandwidth.
         self.workers = min(MAX_THREADS, max(1, torch.get_num_threads()))
 
@@ -188,13 +189,21 @@ class _Threads:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
+        for pool in (self._pool, self._urgent):
+            if pool is not None:
+                pool.shutdown()
 
     def submit(self, *args: object) -> Future[int]:
+        """Queue a read behind the others."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, "kvcore-copy")
         return self._pool.submit(*args)  # type: ignore[arg-type]
+
+    def submit_now(self, *args: object) -> Future[int]:
+        """Start a read someone is waiting for (a loader's ``copy_``), not behind the queued ones."""
+        if self._urgent is None:
+            self._urgent = ThreadPoolExecutor(max(1, self.workers - 1), "kvcore-loader-copy")
+        return self._urgent.submit(*args)  # type: ignore[arg-type]
 
 
 class _Shard:
@@ -269,7 +278,7 @@ class _Shard:
         parts = max(1, min(self.threads.workers, size // LOADER_SPLIT_BYTES))
         step = -(-size // parts)
         spans = [(at, min(step, size - at)) for at in range(0, size, step)]
-        reads = [self.threads.submit(self._read, [_raw(address + at, n)], offset + at, n) for at, n in spans[1:]]
+        reads = [self.threads.submit_now(self._read, [_raw(address + at, n)], offset + at, n) for at, n in spans[1:]]
         self._read([_raw(address, spans[0][1])], offset, spans[0][1])
         for read in reads:
             read.result()
