@@ -256,6 +256,8 @@ class _Shard:
         A loader receives a ``FileTensor``: its ``copy_`` into a parameter reads the file directly.
         """
         source = _view(self._mapped(), copy.info)
+        if copy.part is not None:
+            source = source.narrow(*copy.part)
         if copy.loader is None:
             with torch.no_grad():
                 copy.target.tensor.copy_(source.reshape(copy.target.tensor.shape))

@@ -16,6 +16,7 @@ from kvcore._finalise import finalise_module
 from kvcore._gc import paused_gc
 from kvcore._mapper import WeightsMapper
 from kvcore._naming import ATTENTION_LEAVES
+from kvcore._parallel import Parallel
 from kvcore._plan import Plan, build_plan, suggest
 from kvcore._plugins import get_plugin_manager, plugin_records
 from kvcore._progress import default_progress
@@ -24,7 +25,7 @@ from kvcore._safetensors import check_shards_unchanged
 from kvcore._targets import Target, attention_modules, model_targets
 from kvcore._warn import warn
 
-__all__ = ["load", "plugin_mappers"]
+__all__ = ["load", "parallel", "plugin_mappers"]
 
 log = logging.getLogger("kvcore")
 
@@ -39,6 +40,8 @@ def load(
     plugins: Iterable[str] | None = None,
     disable_plugins: Iterable[str] | None = None,
     progress: Callable[[int], None] | None = None,
+    tp_rank: int = 0,
+    tp_size: int = 1,
 ) -> LoadReport:
     """Load every tensor of ``checkpoint`` into ``model`` and finalise its KV-cache scales.
 
@@ -50,18 +53,34 @@ def load(
     ``KVCORE_PLUGINS`` / ``KVCORE_DISABLE_PLUGINS``. ``progress`` is called with the byte
     count of each tensor copied; without one, a load of more than 256 MiB draws a bar on
     stderr when stderr is a terminal (``KVCORE_PROGRESS=0`` turns it off).
+
+    ``tp_rank`` / ``tp_size``: the model is rank ``tp_rank`` of ``tp_size`` tensor-parallel
+    ranks. A parameter with an integer ``tp_dim`` attribute holds its rank's slice along that
+    dim (only that slice is read); ``kvcore.Attention`` holds this rank's KV heads, and
+    per-head scales are split (or replicated) by vLLM's rule. Every rank calls ``load``.
     """
     ckpt = read_checkpoint(checkpoint)
     contributions = plugin_mappers(ckpt, strict=strict, plugins=plugins, disable_plugins=disable_plugins)
     combined = combine(mapper if mapper is not None else WeightsMapper(), contributions)
     check_name_conflicts(ckpt.tensors, contributions)
     targets = model_targets(model)
-    plan = build_plan(ckpt.tensors.values(), targets, combined, model)
+    plan = build_plan(ckpt.tensors.values(), targets, combined, model, parallel(ckpt, tp_rank, tp_size))
     _settle_strictness(plan, strict, ckpt, targets)
     check_shards_unchanged(ckpt.shards)  # a shard rewritten since planning is refused before any write
     with default_progress(plan.copies, progress) as report_bytes:  # a bar on a TTY for big loads
         loaded = copy_all(plan.copies, report_bytes)
     return _finalise(attention_modules(targets), ckpt, contributions, plan, loaded)
+
+
+def parallel(ckpt: Checkpoint, tp_rank: int, tp_size: int) -> Parallel:
+    """This rank, checked, with the checkpoint's KV-head count (``config.json``) when it has one."""
+    for name, value in (("tp_rank", tp_rank), ("tp_size", tp_size)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise WeightLoadError(f"{name} must be an int, not {value!r}")
+    if tp_size < 1 or not 0 <= tp_rank < tp_size:
+        raise WeightLoadError(f"tp_rank={tp_rank}, tp_size={tp_size}: need tp_size >= 1 and 0 <= tp_rank < tp_size")
+    heads = ckpt.config.get("num_key_value_heads", ckpt.config.get("num_attention_heads"))
+    return Parallel(tp_rank, tp_size, heads if isinstance(heads, int) and heads > 0 else None)
 
 
 def plugin_mappers(

@@ -20,6 +20,7 @@ import torch
 from kvcore._errors import KvcoreError, MapperConflictError, WeightLoadError
 from kvcore._mapper import ShardId, WeightsMapper
 from kvcore._naming import ZERO_POINT_NAMES, Naming, shard_loader_error
+from kvcore._parallel import SINGLE, Parallel, Part, rank_part, rank_scale
 from kvcore._safetensors import DTYPES, TensorInfo, read_tensor
 from kvcore._scale_param import check_scale_value
 from kvcore._targets import Target, attention_modules
@@ -40,7 +41,9 @@ class Copy(NamedTuple):
     ``direct``: the bytes can be read from the file straight into the tensor's memory (a
     contiguous CPU tensor of the same dtype and size, no loader); otherwise the copier
     goes through a torch view of the mapped file. ``shard``: the shard id a packed
-    parameter's ``loader(param, tensor, shard)`` receives (``None``: not packed). A tuple,
+    parameter's ``loader(param, tensor, shard)`` receives (``None``: not packed); ``part``:
+    the slice of the tensor this tensor-parallel rank's parameter holds, when it is not one
+    byte range (a dim-0 slice is: ``info`` is then narrowed to it). A tuple,
     not a dataclass: a plan holds one per checkpoint tensor, and frozen dataclasses are
     several times slower to build.
     """
@@ -50,6 +53,7 @@ class Copy(NamedTuple):
     loader: Callable[..., object] | None
     direct: bool = False
     shard: ShardId | None = None
+    part: Part | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,10 +83,12 @@ def build_plan(
     targets: dict[str, Target],
     mapper: WeightsMapper,
     model: torch.nn.Module | None = None,
+    par: Parallel = SINGLE,
 ) -> Plan:
     """Resolve every tensor; raise on the first bad one, collect unexpected and missing.
 
-    ``model`` (the root module) may declare ``packed_modules_mapping``.
+    ``model`` (the root module) may declare ``packed_modules_mapping``; ``par`` is the
+    tensor-parallel rank the model holds the share of.
     """
     infos = list(tensors)
     naming = Naming(mapper, model if model is not None else torch.nn.Module(), targets)
@@ -92,8 +98,8 @@ def build_plan(
     found = list(map(targets.get, names))
     shards = _resolve_unknown(naming, names, found) if None in found else []
     canonical = {id(module): name for name, module in attention_modules(targets).items()}
-    quick = None if shards else _quick_plan(infos, found, names, canonical)
-    plan, claimed = quick or _careful_plan(infos, found, names, shards or [None] * len(infos), naming, canonical)
+    quick = None if shards or par.size > 1 else _quick_plan(infos, found, names, canonical)
+    plan, claimed = quick or _careful_plan(infos, found, names, shards or [None] * len(infos), naming, canonical, par)
     _sort_by_file(plan.copies)
     missing = _missing(targets, claimed)
     for name in missing:  # a packed parameter none of whose shards came: every shard is absent
@@ -128,6 +134,7 @@ def _careful_plan(
     shards: list[ShardId | None],
     naming: Naming,
     canonical: dict[int, str],
+    par: Parallel = SINGLE,
 ) -> tuple[Plan, dict[int, str]]:
     """Tensor by tensor, in order: drops, unresolved names, conflicts, scales, copies.
 
@@ -152,11 +159,22 @@ def _careful_plan(
         if claim(id(target.tensor), info.name) is not info.name:
             _conflict(claimed, info, target)
         if target.is_kv_scale:
-            plan.scales.setdefault(canonical[id(target.module)], {})[target.attr] = _scale(info, target)
+            plan.scales.setdefault(canonical[id(target.module)], {})[target.attr] = _scale(info, target, par)
         else:
-            copies.append(_make_copy((info, target, target.loader, check_fits(info, target), None)))
+            copies.append(_copy(info, target, par))
     _note_absent_shards(plan, packed, found, naming)
     return plan, claimed
+
+
+def _copy(info: TensorInfo, target: Target, par: Parallel) -> Copy:
+    """The copy of ``info`` into ``target``: this rank's slice of it for a ``tp_dim`` parameter."""
+    part = None
+    if par.size > 1:
+        info, part = rank_part(info, target, par, _where(info, target.name))
+    if part is not None:
+        check_fits(info._replace(shape=tuple(target.tensor.shape)), target)
+        return Copy(info, target, None, False, None, part)
+    return _make_copy((info, target, target.loader, check_fits(info, target), None, None))
 
 
 def _claim_shard(
@@ -224,12 +242,13 @@ def _quick_plan(
     plain = list(map(operator.not_, scale))
     try:
         for info, target in zip(compress(infos, scale), compress(resolved, scale), strict=True):
-            plan.scales.setdefault(canonical[id(target.module)], {})[target.attr] = _scale(info, target)
+            plan.scales.setdefault(canonical[id(target.module)], {})[target.attr] = _scale(info, target, SINGLE)
         infos, resolved = list(compress(infos, plain)), list(compress(resolved, plain))
         direct = list(map(check_fits, infos, resolved))
     except KvcoreError:
         return None
-    plan.copies = list(map(_make_copy, zip(infos, resolved, map(_LOADER, resolved), direct, repeat(None))))
+    loaders, unpacked, whole = map(_LOADER, resolved), repeat(None), repeat(None)
+    plan.copies = list(map(_make_copy, zip(infos, resolved, loaders, direct, unpacked, whole, strict=False)))
     return plan, claimed
 
 
@@ -356,22 +375,25 @@ def _convertible(source: torch.dtype, dest: torch.dtype) -> bool:
     return source in wide and dest in wide
 
 
-def _scale(info: TensorInfo, target: Target) -> ScaleValue:
-    heads = getattr(target.module, "num_kv_heads", None)
-    if info.numel != 1 and info.numel != heads:
+MAX_SCALE_VALUES = 1 << 16
+"""A scale has one value or one per head; a bigger tensor is refused before it is read."""
+
+
+def _scale(info: TensorInfo, target: Target, par: Parallel) -> ScaleValue:
+    where = _where(info, target.name)
+    if info.numel > MAX_SCALE_VALUES:
+        heads = getattr(target.module, "num_kv_heads", None)
         raise WeightLoadError(
-            f"{_where(info, target.name)} has shape {list(info.shape)}: a KV-cache scale has one "
-            f"element (per-tensor) or num_kv_heads={heads} elements (per-head). Build the model "
-            "with the checkpoint's num_key_value_heads, or re-export the checkpoint"
+            f"{where} has shape {list(info.shape)}: a KV-cache scale has one element (per-tensor) "
+            f"or one per KV head (this attention has num_kv_heads={heads}). Re-export the checkpoint"
         )
     if not info.torch_dtype.is_floating_point:
         raise WeightLoadError(
-            f"{_where(info, target.name)} has dtype {info.dtype}; a scale must be floating point. "
-            "Re-export the checkpoint"
+            f"{where} has dtype {info.dtype}; a scale must be floating point. Re-export the checkpoint"
         )
     value = read_tensor(info).to(torch.float32).reshape(-1)
-    check_scale_value(value, _where(info, target.name))
-    return ScaleValue(value, info.name)
+    check_scale_value(value, where)
+    return ScaleValue(rank_scale(value, list(info.shape), target, par, where), info.name)
 
 
 def check_zero_point(info: TensorInfo, target: str) -> None:
