@@ -87,8 +87,25 @@ def _other_rows(discovery: dict[str, Any], inspect: dict[str, Any]) -> list[str]
     return rows
 
 
+def _tp_rows(tp: dict[str, Any]) -> list[str]:
+    """(f): per rank of T = 2, cold page cache: pages brought in and time against T = 1."""
+    whole = tp["kvcore T=1"]["time"]
+    rows = []
+    for mode, label in (("kvcore", "kvcore, tp_dim"), ("narrow", "vLLM-style narrowing loader")):
+        ranks = [tp[f"{mode} T=2 rank {r}"] for r in (0, 1)]
+        paged = max(r["resident"] / r["checkpoint_bytes"] for r in ranks)
+        slowest = max(r["time"] for r in ranks)
+        cells = [" / ".join(f"{r['time'] * 1e3:.0f}" for r in ranks), "", "", ""]
+        rows.append(_row("(f) T=2, cold page cache" if mode == "kvcore" else "", f"{label}: ms per rank", cells,
+                         f"paged in {paged:.0%} of the file; time {slowest / whole:.2f}x T=1 ({whole * 1e3:.0f} ms)",
+                         "≤ 55%, ≤ 0.6x" if mode == "kvcore" else "baseline",
+                         (paged <= 0.55 and slowest / whole <= 0.6) if mode == "kvcore" else None))
+    return rows
+
+
 def render(results: dict[str, Any]) -> str:
     """The table for ``results`` as ``run.py`` collects them."""
     loads = results["loads"]
     rows = _load_rows(loads["a"], loads["b"]) + _other_rows(results["discovery"], results["inspect"])
+    rows += _tp_rows(results["tp"]) if "tp" in results else []
     return "\n".join([HEADER, *rows])

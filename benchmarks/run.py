@@ -95,6 +95,27 @@ def _inspect(rounds: int) -> Result:
     return result
 
 
+def _tensor_parallel(rounds: int) -> dict[str, Result]:
+    """(f) T = 2 from a cold page cache: each rank in its own process, against T = 1."""
+    ckpt = _data.checkpoint(_data.DENSE)
+    cases = {"kvcore T=1": ("kvcore", 0, 1)}
+    for mode in ("kvcore", "narrow"):
+        cases.update({f"{mode} T=2 rank {rank}": (mode, rank, 2) for rank in (0, 1)})
+    runs: dict[str, list[Result]] = {name: [] for name in cases}
+    for r in range(rounds):
+        for name, (mode, rank, size) in cases.items():
+            runs[name].append(_run(sys.executable, "_tp.py", mode, ckpt, rank, size, 1))
+            print(f"  round {r + 1}/{rounds} {name}: {runs[name][-1]['times'][0] * 1e3:.0f} ms", file=sys.stderr)
+    return {
+        name: {
+            "time": statistics.median(t for r in results for t in r["times"]),  # type: ignore[attr-defined]
+            "resident": statistics.median(x for r in results for x in r["resident"]),  # type: ignore[attr-defined]
+            "checkpoint_bytes": results[0]["checkpoint_bytes"],
+        }
+        for name, results in runs.items()
+    }
+
+
 def main() -> None:
     rounds = int(os.environ.get("KVCORE_BENCH_ROUNDS", "5"))
     vllm = None
@@ -103,7 +124,8 @@ def main() -> None:
 
         vllm = _vllm.python()
     loads = _load_scenarios(rounds, vllm)
-    results = {"loads": loads, "discovery": _discovery(rounds), "inspect": _inspect(rounds)}
+    results = {"loads": loads, "discovery": _discovery(rounds), "inspect": _inspect(rounds),
+               "tp": _tensor_parallel(rounds)}
     (_data.DATA / "results.json").write_text(json.dumps(results, indent=2))
     from _table import render
 

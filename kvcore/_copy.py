@@ -48,8 +48,11 @@ LOADER_SPLIT_BYTES = 1 << 20
 """The smallest part of a tensor a loader's ``copy_`` reads on its own thread."""
 
 
-def copy_all(copies: list[Copy], progress: Progress | None = None) -> set[str]:
+def copy_all(copies: list[Copy], progress: Progress | None = None, *, sliced: bool = False) -> set[str]:
     """Execute ``copies`` (sorted by file and offset); return the parameter names written.
+
+    ``sliced``: the copies read parts of tensors (a tensor-parallel rank), so the kernel is
+    told not to read ahead on direct reads: what it would read ahead is other ranks' bytes.
 
     Direct reads are queued on a thread pool; copies through the memory map (which may call
     a custom loader) run meanwhile. A run counts as written once all its reads are done; on
@@ -61,7 +64,7 @@ def copy_all(copies: list[Copy], progress: Progress | None = None) -> set[str]:
             for path, group in groupby(copies, key=_path):
                 batch = list(group)
                 log.current = batch[0]
-                with _Shard(path, batch[0].info, threads) as shard:
+                with _Shard(path, batch[0].info, threads, sliced) as shard:
                     _copy_shard(shard, batch, log, progress)
     except Exception as exc:
         raise _interrupted(exc, log) from exc
@@ -209,16 +212,19 @@ class _Threads:
 class _Shard:
     """One open shard: a file descriptor for direct reads, a memory map made on demand."""
 
-    def __init__(self, path: Path, first: TensorInfo, threads: _Threads) -> None:
+    def __init__(self, path: Path, first: TensorInfo, threads: _Threads, sliced: bool = False) -> None:
         self.path = path
         self.first = first
         self.threads = threads
+        self.sliced = sliced
         self._file = None
         self._base: torch.Tensor | None = None
 
     def __enter__(self) -> _Shard:
         try:
             self._file = open(self.path, "rb")
+            if self.sliced:  # reads ahead would bring other ranks' slices into the page cache
+                os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
             # The file must still be the one whose header was validated: a shrunk file
             # turns reads past its end into SIGBUS, a rewritten one into unchecked bytes.
             check_unchanged(self.first, self._file.fileno())

@@ -64,11 +64,12 @@ def load(
     combined = combine(mapper if mapper is not None else WeightsMapper(), contributions)
     check_name_conflicts(ckpt.tensors, contributions)
     targets = model_targets(model)
-    plan = build_plan(ckpt.tensors.values(), targets, combined, model, parallel(ckpt, tp_rank, tp_size))
+    par = parallel(ckpt, tp_rank, tp_size)
+    plan = build_plan(ckpt.tensors.values(), targets, combined, model, par)
     _settle_strictness(plan, strict, ckpt, targets)
     check_shards_unchanged(ckpt.shards)  # a shard rewritten since planning is refused before any write
     with default_progress(plan.copies, progress) as report_bytes:  # a bar on a TTY for big loads
-        loaded = copy_all(plan.copies, report_bytes)
+        loaded = copy_all(plan.copies, report_bytes, sliced=par.size > 1)
     return _finalise(attention_modules(targets), ckpt, contributions, plan, loaded)
 
 
