@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     plugins.set_defaults(run=_plugins)
     inspect = sub.add_parser("inspect", help="show a checkpoint's KV-cache scales and anomalies, without a model")
     inspect.add_argument("checkpoint", type=Path, help="checkpoint directory (or one .safetensors file)")
+    inspect.add_argument("--tp-size", type=_positive_int, metavar="T",
+                         help="also show which KV heads each of T tensor-parallel ranks gets")
     _json_flag(inspect)
     inspect.set_defaults(run=_inspect)
     demo = sub.add_parser("demo", help="write and load a small checkpoint of each installed format")
@@ -78,6 +80,16 @@ def _parser() -> argparse.ArgumentParser:
     _json_flag(demo)
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +130,7 @@ def _plugins(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    result = inspect_checkpoint(args.checkpoint)
+    result = inspect_checkpoint(args.checkpoint, tp_size=args.tp_size)
     _emit(args, result.as_dict(), lambda: render_inspection(result, _style()))
     return 1 if result.has_errors else 0
 

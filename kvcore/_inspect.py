@@ -17,6 +17,7 @@ from kvcore._checkpoint import Checkpoint, read_checkpoint
 from kvcore._contributions import Contribution, combine
 from kvcore._errors import KvcoreError
 from kvcore._inspect_checks import Findings, check_layers, check_value, is_scale_like, layer_pattern
+from kvcore._inspect_tp import TensorParallel, split_heads
 from kvcore._load import check_name_conflicts, plugin_mappers
 from kvcore._mapper import WeightsMapper
 from kvcore._safetensors import TensorInfo, read_tensor
@@ -69,6 +70,7 @@ class Inspection:
     plugin_labels: dict[str, str]
     layers: dict[str, dict[str, ScaleEntry]]
     anomalies: list[Anomaly]
+    tensor_parallel: TensorParallel | None = None
 
     @property
     def has_errors(self) -> bool:
@@ -76,7 +78,7 @@ class Inspection:
 
     def as_dict(self) -> dict[str, object]:
         """The documented, stable JSON shape of ``kvcore inspect --json``."""
-        return {
+        data: dict[str, object] = {
             "quant_method": self.quant_method,
             "plugins": list(self.plugins),
             "layers": {
@@ -85,10 +87,16 @@ class Inspection:
             },
             "anomalies": [a.as_dict() for a in self.anomalies],
         }
+        if self.tensor_parallel is not None:
+            data["tensor_parallel"] = self.tensor_parallel.as_dict()
+        return data
 
 
-def inspect_checkpoint(path: str | Path) -> Inspection:
-    """Inspect ``path``; raises ``KvcoreError`` only when the checkpoint cannot be read."""
+def inspect_checkpoint(path: str | Path, *, tp_size: int | None = None) -> Inspection:
+    """Inspect ``path``; raises ``KvcoreError`` only when the checkpoint cannot be read.
+
+    With ``tp_size``, also which KV heads each of that many tensor-parallel ranks gets.
+    """
     ckpt = read_checkpoint(path)
     findings = Findings()
     contributions, mapper = _mappers(ckpt, findings)
@@ -113,10 +121,11 @@ def inspect_checkpoint(path: str | Path) -> Inspection:
             findings.group("warning", f"unmapped {layer_pattern(name)}", name, _UNMAPPED_NOTE)
     ordered = {layer: _ordered(layers[layer]) for layer in sorted(layers, key=natural_key)}
     check_layers(ckpt.quant_config is not None, ordered, findings)
+    parallel = None if tp_size is None else split_heads(ordered, ckpt.config, tp_size, findings)
     labels = {c.plugin: c.label for c in contributions}
     method = ckpt.quant_config.quant_method if ckpt.quant_config else None
     return Inspection(str(ckpt.directory), method, [c.plugin for c in contributions], labels, ordered,
-                      findings.anomalies(Anomaly))
+                      findings.anomalies(Anomaly), parallel)
 
 
 _BIAS_NOTE = (

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from kvcore._demo import DemoResult
 from kvcore._inspect import Anomaly, Inspection
+from kvcore._inspect_tp import TensorParallel
 from kvcore._plugins import PluginRecord
 from kvcore._table import Style, render_table
 
@@ -54,8 +55,28 @@ def render_inspection(result: Inspection, style: Style) -> str:
         parts.append(render_table(["layer", "scale", "value", "shape", "dtype", "tensor", "plugin"], rows, style))
     else:
         parts.append("no KV-cache scales")
+    if result.tensor_parallel is not None:
+        parts += ["", _tensor_parallel(result.tensor_parallel)]
     parts += ["", _anomalies(result.anomalies, style)]
     return "\n".join(parts)
+
+
+def _tensor_parallel(tp: TensorParallel) -> str:
+    """``rank 0: heads 0-1``, or ``rank 3: head 1 (replicated on ranks 2-3)``, one line per rank."""
+    title = f"tensor parallel ({tp.tp_size} rank{'s' if tp.tp_size != 1 else ''})"
+    if tp.kv_heads is None:
+        return f"{title}: no per-head scales; every rank uses the same scales"
+    if not tp.ranks:
+        return f"{title}: {tp.kv_heads} KV heads cannot be split over {tp.tp_size} ranks (see the error below)"
+    lines = [f"{title}, {tp.kv_heads} KV heads:"]
+    for rank, heads in enumerate(tp.ranks):
+        heads = heads or []
+        shown = f"head {heads[0]}" if len(heads) == 1 else f"heads {heads[0]}-{heads[-1]}"
+        sharing = [r for r, other in enumerate(tp.ranks) if other == heads]
+        if len(sharing) > 1:
+            shown += f" (replicated on ranks {sharing[0]}-{sharing[-1]})"
+        lines.append(f"  rank {rank}: {shown}")
+    return "\n".join(lines)
 
 
 def _anomalies(anomalies: Sequence[Anomaly], style: Style) -> str:
