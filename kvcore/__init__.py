@@ -14,6 +14,7 @@ from kvcore._errors import (
     QuantConfigError,
     WeightLoadError,
 )
+from kvcore._kv_quant import dequantize_kv, quantize_kv
 from kvcore._load import load
 from kvcore._mapper import WeightsMapper
 from kvcore._plugins import get_plugin_manager
@@ -39,10 +40,12 @@ __all__ = [
     "WeightLoadError",
     "WeightsMapper",
     "__version__",
+    "dequantize_kv",
     "get_plugin_manager",
     "hookimpl",
     "hookspec",
     "load",
     "mapper_for",
+    "quantize_kv",
     "read_kv_scales",
 ]

@@ -21,11 +21,13 @@ EXPECTED = {
     "WeightLoadError",
     "WeightsMapper",
     "__version__",
+    "dequantize_kv",
     "get_plugin_manager",
     "hookimpl",
     "hookspec",
     "load",
     "mapper_for",
+    "quantize_kv",
     "read_kv_scales",
 }
 
