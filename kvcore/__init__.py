@@ -17,6 +17,7 @@ from kvcore._errors import (
 from kvcore._kv_quant import dequantize_kv, quantize_kv
 from kvcore._load import load
 from kvcore._mapper import WeightsMapper
+from kvcore._meaning import ScaleMeaning
 from kvcore._plugins import get_plugin_manager
 from kvcore._quant_config import QuantConfig
 from kvcore._read_scales import mapper_for, read_kv_scales
@@ -37,6 +38,7 @@ __all__ = [
     "PluginError",
     "QuantConfig",
     "QuantConfigError",
+    "ScaleMeaning",
     "WeightLoadError",
     "WeightsMapper",
     "__version__",

@@ -10,7 +10,7 @@ from kvcore._scale_param import KVCacheScaleParameter
 
 __all__ = ["KV_CACHE_DTYPES", "SCALE_NAMES", "Attention"]
 
-KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "nvfp4")
 SCALE_NAMES = ("k_scale", "v_scale", "q_scale", "prob_scale")
 
 
@@ -20,7 +20,12 @@ class Attention(torch.nn.Module):
     Place it beside the projections (``...self_attn.attn``) so that checkpoint names such as
     ``...self_attn.k_proj.output_scale`` map onto ``...self_attn.attn.k_scale``. After
     ``kvcore.load`` each scale is a float32 scalar, or a ``(num_kv_heads,)`` tensor when the
-    checkpoint is per-head.
+    checkpoint is per-head. ``num_heads`` / ``num_kv_heads`` are this tensor-parallel rank's.
+
+    ``kv_cache_dtype``: ``"auto"`` (not quantized), ``"fp8"`` (= ``"fp8_e4m3"``),
+    ``"fp8_e5m2"`` or ``"nvfp4"``. ``use_mla=True`` marks an attention whose cache holds an MLA
+    latent and rope key together (DeepSeek-V2/V3, Kimi): ``k_scale`` is that cache's one scale
+    and ``v_scale`` equals it.
     """
 
     k_scale: KVCacheScaleParameter
@@ -35,6 +40,7 @@ class Attention(torch.nn.Module):
         num_kv_heads: int | None = None,
         *,
         kv_cache_dtype: str = "auto",
+        use_mla: bool = False,
     ) -> None:
         super().__init__()
         if kv_cache_dtype not in KV_CACHE_DTYPES:
@@ -45,6 +51,7 @@ class Attention(torch.nn.Module):
         self.head_size = head_size
         self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         self.kv_cache_dtype = kv_cache_dtype
+        self.use_mla = bool(use_mla)
         for name in SCALE_NAMES:
             self.register_parameter(name, KVCacheScaleParameter())
 
@@ -81,4 +88,5 @@ class Attention(torch.nn.Module):
         return (
             f"num_heads={self.num_heads}, head_size={self.head_size}, "
             f"num_kv_heads={self.num_kv_heads}, kv_cache_dtype={self.kv_cache_dtype!r}"
+            + (", use_mla=True" if self.use_mla else "")
         )

@@ -262,11 +262,11 @@ def _quant_config(directory: Path, config: dict[str, Any]) -> QuantConfig | None
                 f"{config_path}: {key}.quant_method must be a non-empty string such as 'fp8', got "
                 f"{method!r}; fix the config or re-export the checkpoint"
             )
-        return QuantConfig(method, section, f"{config_path}:{key}")
-    return _modelopt_config(directory)
+        return QuantConfig(method, section, f"{config_path}:{key}", config)
+    return _modelopt_config(directory, config)
 
 
-def _modelopt_config(directory: Path) -> QuantConfig | None:
+def _modelopt_config(directory: Path, config: dict[str, Any]) -> QuantConfig | None:
     path = directory / "hf_quant_config.json"
     if not path.exists():
         return None
@@ -276,4 +276,4 @@ def _modelopt_config(directory: Path) -> QuantConfig | None:
             f"{path}: expected a 'quantization' object (ModelOpt writes "
             '{"quantization": {"quant_algo": ..., "kv_cache_quant_algo": ...}}); fix or re-export it'
         )
-    return QuantConfig("modelopt", section, f"{path}:quantization")
+    return QuantConfig("modelopt", section, f"{path}:quantization", config)

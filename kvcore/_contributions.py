@@ -15,38 +15,49 @@ import pluggy
 
 from kvcore._errors import KvcoreError, MapperConflictError, PluginError
 from kvcore._mapper import WeightsMapper
+from kvcore._meaning import ScaleMeaning
 from kvcore._plugins import plugin_records
 from kvcore._quant_config import QuantConfig
 
-__all__ = ["Contribution", "collect_mappers", "combine"]
+__all__ = ["Contribution", "collect_mappers", "combine", "meaning_of"]
 
 HOOK = "get_cache_scale_mapper"
+MEANING_HOOK = "get_cache_scale_meaning"
 
 
 @dataclasses.dataclass(frozen=True)
 class Contribution:
-    """One plugin's mapper, with the label messages cite it by."""
+    """One plugin's mapper (and what its scales mean), with the label messages cite it by."""
 
     plugin: str
     label: str
     mapper: WeightsMapper
+    meaning: ScaleMeaning | None = None
 
 
 def collect_mappers(pm: pluggy.PluginManager, quant_config: QuantConfig) -> list[Contribution]:
     """Every plugin's mapper for ``quant_config``, in plugin-name order; faults become errors."""
     records = plugin_records(pm)
     impls = sorted(getattr(pm.hook, HOOK).get_hookimpls(), key=lambda impl: impl.plugin_name)
+    meanings = {impl.plugin_name: impl for impl in getattr(pm.hook, MEANING_HOOK).get_hookimpls()}
     found = []
     for impl in impls:
         record = records.get(impl.plugin_name)
         label = record.label if record else repr(impl.plugin_name)
-        result = _call(impl, label, quant_config)
+        result = _call(impl, label, quant_config, HOOK, WeightsMapper)
         if result is not None:
-            found.append(Contribution(impl.plugin_name, label, result))
+            explain = meanings.get(impl.plugin_name)
+            meaning = _call(explain, label, quant_config, MEANING_HOOK, ScaleMeaning) if explain else None
+            found.append(Contribution(impl.plugin_name, label, result, meaning))
     return found
 
 
-def _call(impl: pluggy.HookImpl, label: str, quant_config: QuantConfig) -> WeightsMapper | None:
+def meaning_of(contributions: list[Contribution]) -> ScaleMeaning:
+    """What the scales mean: the first contributing plugin that says, else plain K and V."""
+    return next((c.meaning for c in contributions if c.meaning is not None), ScaleMeaning())
+
+
+def _call(impl: pluggy.HookImpl, label: str, quant_config: QuantConfig, hook: str, kind: type) -> Any:
     # Every argument the spec names; pluggy guarantees an implementation names no others.
     kwargs: dict[str, Any] = {"quant_config": quant_config}
     where = quant_config.source or f"quant_method {quant_config.quant_method!r}"
@@ -57,13 +68,13 @@ def _call(impl: pluggy.HookImpl, label: str, quant_config: QuantConfig) -> Weigh
         raise _cited(exc, f"plugin {label}: {exc}") from exc
     except Exception as exc:
         raise PluginError(
-            f"plugin {label} raised {type(exc).__name__} in {HOOK} for {where}: {exc}. "
+            f"plugin {label} raised {type(exc).__name__} in {hook} for {where}: {exc}. "
             f"Report this to the plugin's authors, or disable it with KVCORE_DISABLE_PLUGINS={impl.plugin_name}"
         ) from exc
-    if result is not None and not isinstance(result, WeightsMapper):
+    if result is not None and not isinstance(result, kind):
         raise PluginError(
-            f"plugin {label} returned a {type(result).__name__} from {HOOK} for {where}; a hook "
-            "must return a kvcore.WeightsMapper or None. Report this to the plugin's authors, or "
+            f"plugin {label} returned a {type(result).__name__} from {hook} for {where}; this hook "
+            f"must return a kvcore.{kind.__name__} or None. Report this to the plugin's authors, or "
             f"disable it with KVCORE_DISABLE_PLUGINS={impl.plugin_name}"
         )
     return result

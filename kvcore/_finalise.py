@@ -7,11 +7,13 @@ import logging
 import torch
 
 from kvcore._attention import SCALE_NAMES
+from kvcore._interpret import interpret
+from kvcore._meaning import ScaleMeaning
 from kvcore._plan import ScaleValue
 from kvcore._scale_param import DEFAULTED, NOT_LOADED, store_scale
 from kvcore._warn import warn
 
-__all__ = ["DEFAULT", "fill_k_v", "final_values", "finalise_module", "loaded_scales"]
+__all__ = ["DEFAULT", "fill_k_v", "final_values", "finalise_all", "finalise_module", "loaded_scales"]
 
 log = logging.getLogger("kvcore")
 DEFAULT = "default"
@@ -19,19 +21,49 @@ DEFAULT = "default"
 Value = float | list[float]
 
 
+def finalise_all(
+    attention: dict[str, torch.nn.Module], scales: dict[str, dict[str, ScaleValue]], meaning: ScaleMeaning
+) -> tuple[dict[str, dict[str, Value]], dict[str, dict[str, str]]]:
+    """Finalise every attention module with the scales planned for it, read as ``meaning`` says.
+
+    Warns once per reason, naming the layers: scales set aside because they describe another
+    cache (MLA), and the plugin's caveat for the layers whose scales it concerns.
+    """
+    values, sources = {}, {}
+    set_aside: dict[str, list[str]] = {}
+    for name, module in attention.items():
+        usable, why = interpret(scales.get(name, {}), bool(getattr(module, "use_mla", False)), meaning)
+        if why is not None:
+            set_aside.setdefault(why, []).append(name)
+        values[name], sources[name] = finalise_module(name, module, usable, quiet=why is not None)
+    for why, names in set_aside.items():
+        warn(f"k and v scales of 1.0 for {_layers(names)}: {why}. Use a checkpoint calibrated for this cache")
+    concerned = [name for name in attention if "k_scale" in scales.get(name, {})]
+    if meaning.caveat and concerned:
+        warn(f"{meaning.caveat} ({_layers(concerned)})")
+    return values, sources
+
+
+def _layers(names: list[str]) -> str:
+    shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+    return f"{len(names)} attention layer(s): {shown}"
+
+
 def finalise_module(
     module_name: str,
     module: torch.nn.Module,
     loaded: dict[str, ScaleValue],
+    *,
+    quiet: bool = False,
 ) -> tuple[dict[str, Value], dict[str, str]]:
     """Write the final scales of one attention module; return their values and sources.
 
     Rules (vLLM's where sound): k and v both loaded are used; one of them serves for both
     (vLLM asserts on v-only, kvcore does not); neither gives 1.0, with a warning when the KV
-    cache is fp8; q and prob default to 1.0.
+    cache is quantized (``quiet``: the caller explains it); q and prob default to 1.0.
     """
     chosen = fill_k_v(loaded)
-    if "k_scale" not in chosen and _is_fp8(module):
+    if "k_scale" not in chosen and _is_quantized(module) and not quiet:
         message = (
             f"attention layer {module_name!r} has an fp8 KV cache but the checkpoint has no k or v "
             "scale for it; using 1.0, which may lose accuracy. Use a checkpoint calibrated for an "
@@ -94,5 +126,5 @@ def _shaped(flat: torch.Tensor) -> torch.Tensor:
     return flat.reshape(()).clone() if flat.numel() == 1 else flat.clone()
 
 
-def _is_fp8(module: torch.nn.Module) -> bool:
-    return str(getattr(module, "kv_cache_dtype", "auto")).startswith("fp8")
+def _is_quantized(module: torch.nn.Module) -> bool:
+    return str(getattr(module, "kv_cache_dtype", "auto")) != "auto"

@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 
 from kvcore._checkpoint import Checkpoint, read_checkpoint
-from kvcore._contributions import Contribution, combine
+from kvcore._contributions import Contribution, combine, meaning_of
 from kvcore._errors import KvcoreError
 from kvcore._inspect_checks import Findings, check_layers, check_value, is_scale_like, layer_pattern
 from kvcore._inspect_tp import TensorParallel, split_heads
 from kvcore._load import check_name_conflicts, plugin_mappers
 from kvcore._mapper import WeightsMapper
+from kvcore._meaning import ScaleMeaning
 from kvcore._safetensors import TensorInfo, read_tensor
 from kvcore._table import natural_key
 
@@ -151,7 +152,27 @@ def _mappers(ckpt: Checkpoint, findings: Findings) -> tuple[list[Contribution], 
     except KvcoreError as exc:
         findings.add("error", str(exc))
         return contributions, _first_agreeing(contributions)
+    _meaning_notes(meaning_of(contributions), findings)
     return contributions, mapper
+
+
+MEANING_NOTES = {
+    "mla_latent": "the k/v scales describe the MLA latent (k) and rope key (v), not keys and values: an MLA "
+    "cache (kvcore.Attention(use_mla=True)) uses max(k, v) for both; an attention that expands MLA into "
+    "per-head keys and values (use_mla=False) cannot use them and gets 1.0",
+    "mla_per_head": "the k/v scales describe the MLA model's expanded per-head keys and values: an attention "
+    "with use_mla=False uses them; an MLA latent cache (use_mla=True) cannot, and gets 1.0",
+}
+
+
+def _meaning_notes(meaning: ScaleMeaning, findings: Findings) -> None:
+    """What the plugins say the scales measure: a caveat is a warning, the rest information."""
+    if meaning.caveat:
+        findings.add("warning", meaning.caveat)
+    if meaning.describes in MEANING_NOTES:
+        findings.add("info", MEANING_NOTES[meaning.describes])
+    if meaning.calibrated_for != "fp8":
+        findings.add("info", f"calibrated for a {meaning.calibrated_for} KV cache (scale = amax/448 as for fp8)")
 
 
 def _first_agreeing(contributions: list[Contribution]) -> WeightsMapper:

@@ -11,7 +11,16 @@ import torch
 
 from kvcore._errors import KvcoreError, WeightLoadError
 
-__all__ = ["FP8_DTYPES", "KvCacheDtypeError", "cache_dtype", "dequantize_kv", "quantize_kv"]
+__all__ = [
+    "FP8_DTYPES",
+    "KvCacheDtypeError",
+    "cache_dtype",
+    "dequantize_kv",
+    "dequantize_shaped",
+    "quantize_kv",
+    "quantize_shaped",
+    "shaped_scale",
+]
 
 FP8_DTYPES: dict[str, torch.dtype] = {
     "fp8": torch.float8_e4m3fn,
@@ -71,10 +80,7 @@ def quantize_kv(
     _check_input(x, "x", floating=True)
     if x.dtype in _FP8_SET:
         raise WeightLoadError(f"x is already {x.dtype}; quantize_kv takes unquantized keys or values")
-    limit = torch.finfo(fp8).max
-    scaled = x.to(torch.float32) / _scale_tensor(scale, x, head_dim, "quantize_kv")
-    scaled = torch.nan_to_num(scaled, nan=0.0, posinf=limit, neginf=-limit)
-    return scaled.clamp_(-limit, limit).to(fp8)
+    return quantize_shaped(x, shaped_scale(scale, x, head_dim, "quantize_kv"), fp8)
 
 
 def dequantize_kv(
@@ -98,8 +104,20 @@ def dequantize_kv(
         )
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise WeightLoadError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
-    product = x_q.to(torch.float32) * _scale_tensor(scale, x_q, head_dim, "dequantize_kv")
-    return product.to(dtype)
+    return dequantize_shaped(x_q, shaped_scale(scale, x_q, head_dim, "dequantize_kv"), dtype)
+
+
+def quantize_shaped(x: torch.Tensor, scale: torch.Tensor, fp8: torch.dtype) -> torch.Tensor:
+    """``quantize_kv`` with a checked float32 ``scale`` that already broadcasts against ``x``."""
+    limit = torch.finfo(fp8).max
+    scaled = x.to(torch.float32) / scale
+    scaled = torch.nan_to_num(scaled, nan=0.0, posinf=limit, neginf=-limit)
+    return scaled.clamp_(-limit, limit).to(fp8)
+
+
+def dequantize_shaped(x_q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``dequantize_kv`` with a checked float32 ``scale`` that already broadcasts against ``x_q``."""
+    return (x_q.to(torch.float32) * scale).to(dtype)
 
 
 _FP8_SET = frozenset(FP8_DTYPES.values())
@@ -112,7 +130,7 @@ def _check_input(x: object, what: str, *, floating: bool) -> None:
         raise WeightLoadError(f"{what} has dtype {x.dtype}; keys and values must be floating point")
 
 
-def _scale_tensor(scale: torch.Tensor | float, x: torch.Tensor, head_dim: int, caller: str) -> torch.Tensor:
+def shaped_scale(scale: torch.Tensor | float, x: torch.Tensor, head_dim: int, caller: str) -> torch.Tensor:
     """``scale`` as float32 on ``x``'s device, shaped to broadcast along ``head_dim``; checked."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float, torch.Tensor)):
         raise WeightLoadError(f"{caller}: scale must be a float or a tensor, got {type(scale).__name__}")

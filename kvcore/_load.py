@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from kvcore._checkpoint import Checkpoint, read_checkpoint
-from kvcore._contributions import Contribution, collect_mappers, combine
+from kvcore._contributions import Contribution, collect_mappers, combine, meaning_of
 from kvcore._copy import copy_all
 from kvcore._errors import MapperConflictError, QuantConfigError, WeightLoadError
-from kvcore._finalise import finalise_module
+from kvcore._finalise import finalise_all
 from kvcore._gc import paused_gc
 from kvcore._mapper import WeightsMapper
 from kvcore._naming import ATTENTION_LEAVES
@@ -202,10 +202,9 @@ def _finalise(
     plan: Plan,
     loaded: set[str],
 ) -> LoadReport:
-    kv_scales, sources = {}, {}
-    for name, module in attention.items():
-        values, origin = finalise_module(name, module, plan.scales.get(name, {}))
-        kv_scales[name], sources[name] = values, origin
+    meaning = meaning_of(contributions)
+    kv_scales, sources = finalise_all(attention, plan.scales, meaning)
+    for name, origin in sources.items():
         prefix = f"{name}." if name else ""
         loaded |= {prefix + attr for attr, src in origin.items() if src != "default"}
     return LoadReport(
@@ -218,4 +217,5 @@ def _finalise(
         kv_scale_sources=sources,
         dropped=plan.dropped,
         checkpoint=str(ckpt.directory),
+        calibrated_for=meaning.calibrated_for if ckpt.quant_config else None,
     )

@@ -17,13 +17,16 @@ class QuantConfig(Mapping[str, Any]):
 
     ``quant_method`` is the method as the checkpoint writes it (``"fp8"``, ``"quark"``,
     ``"compressed-tensors"``, ``"modelopt"``, ...), ``raw`` the config dict as written and
-    ``source`` the file it came from. It is also a read-only mapping with the keys
-    ``quant_method``, ``raw`` and ``source``, so hooks may treat it as a dict.
+    ``source`` the file it came from and ``model_config`` the checkpoint's ``config.json``
+    (architecture, ``kv_lora_rank``, ... : what a scale means can depend on the model). It is
+    also a read-only mapping with the keys ``quant_method``, ``raw`` and ``source``, so hooks
+    may treat it as a dict.
     """
 
     quant_method: str
     raw: Mapping[str, Any]
     source: str = ""
+    model_config: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     @classmethod
     def coerce(cls, value: Any) -> QuantConfig:

@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 
 from kvcore._checkpoint import Checkpoint, read_checkpoint
-from kvcore._contributions import combine
+from kvcore._contributions import Contribution, combine, meaning_of
 from kvcore._errors import WeightLoadError
 from kvcore._finalise import Value, final_values
 from kvcore._heads import per_kv_head, rank_heads
-from kvcore._load import check_name_conflicts, plugin_mappers
+from kvcore._interpret import interpret, is_mla_model
+from kvcore._load import check_name_conflicts, parallel, plugin_mappers
 from kvcore._mapper import WeightsMapper
 from kvcore._naming import ZERO_POINT_NAMES
 from kvcore._plan import ScaleValue, check_zero_point
@@ -48,9 +49,15 @@ def mapper_for(
 
 
 def _mapper(ckpt: Checkpoint, plugins: Iterable[str] | None, disable_plugins: Iterable[str] | None) -> WeightsMapper:
+    return combine(WeightsMapper(), _contributions(ckpt, plugins, disable_plugins))
+
+
+def _contributions(
+    ckpt: Checkpoint, plugins: Iterable[str] | None, disable_plugins: Iterable[str] | None
+) -> list[Contribution]:
     contributions = plugin_mappers(ckpt, strict=True, plugins=plugins, disable_plugins=disable_plugins)
     check_name_conflicts(ckpt.tensors, contributions)
-    return combine(WeightsMapper(), contributions)
+    return contributions
 
 
 def read_kv_scales(
@@ -58,6 +65,7 @@ def read_kv_scales(
     *,
     tp_rank: int = 0,
     tp_size: int = 1,
+    use_mla: bool | None = None,
     plugins: Iterable[str] | None = None,
     disable_plugins: Iterable[str] | None = None,
 ) -> dict[str, dict[str, Value]]:
@@ -66,11 +74,14 @@ def read_kv_scales(
     Keys are attention module names as the plugins map them (``model.layers.N.self_attn.attn``);
     values follow ``load``'s rules (one of k and v serves for both, missing ones are 1.0) and
     checks (NaN, infinite, zero or negative scales and non-zero zero points are refused). Per-head
-    scales are lists, the heads of rank ``tp_rank`` of ``tp_size``. Reads headers and the scale
-    tensors only.
+    scales are lists, the heads of rank ``tp_rank`` of ``tp_size``. ``use_mla``: whether the
+    engine's cache holds an MLA latent (``kvcore.Attention(use_mla=...)``); by default, whether
+    ``config.json`` describes an MLA model. Reads headers and the scale tensors only.
     """
     ckpt = read_checkpoint(checkpoint)
-    mapper = _mapper(ckpt, plugins, disable_plugins)
+    par = parallel(ckpt, tp_rank, tp_size)
+    contributions = _contributions(ckpt, plugins, disable_plugins)
+    mapper = combine(WeightsMapper(), contributions)
     heads = _heads(ckpt.config)
     loaded: dict[str, dict[str, ScaleValue]] = {}
     for name, info in ckpt.tensors.items():
@@ -81,10 +92,12 @@ def read_kv_scales(
         if attr in ZERO_POINT_NAMES:
             check_zero_point(info, mapped or name)
         elif attr in SCALES:
-            value = _value(info, f"{module}.{attr}", attr, heads, tp_rank, tp_size)
+            value = _value(info, f"{module}.{attr}", attr, heads, par.rank, par.size)
             loaded.setdefault(module, {})[attr] = ScaleValue(value, name)
+    meaning = meaning_of(contributions)
+    mla = is_mla_model(ckpt.config) if use_mla is None else use_mla
     modules = _every_layer(loaded, ckpt.config)
-    return {module: final_values(loaded.get(module, {}))[0] for module in modules}
+    return {module: final_values(interpret(loaded.get(module, {}), mla, meaning)[0])[0] for module in modules}
 
 
 def _heads(config: dict[str, object]) -> tuple[int | None, int | None]:

@@ -17,7 +17,9 @@ class LoadReport:
     ``q_scale`` and ``prob_scale`` (a list for per-head scales); ``kv_scale_sources`` says
     for each whether it came from a checkpoint tensor (its name) or is the ``"default"``.
     ``dropped`` lists checkpoint tensors deliberately not loaded (rules mapping to ``None``,
-    all-zero symmetric zero points, unused rotary buffers).
+    all-zero symmetric zero points, unused rotary buffers). ``calibrated_for`` is the KV-cache
+    dtype the checkpoint's scales were calibrated for (``"fp8"``, ``"nvfp4"``; ``None`` when
+    unquantized).
     """
 
     quant_method: str | None
@@ -29,12 +31,14 @@ class LoadReport:
     kv_scale_sources: dict[str, dict[str, str]]
     dropped: list[str] = dataclasses.field(default_factory=list)
     checkpoint: str = ""
+    calibrated_for: str | None = None
 
     def __repr__(self) -> str:
         method = self.quant_method or "unquantized"
         plugins = ", ".join(self.plugins) or "none"
         lines = [
-            f"LoadReport({self.checkpoint or 'checkpoint'}: {method}; plugins: {plugins}; "
+            f"LoadReport({self.checkpoint or 'checkpoint'}: {method}"
+            f"{f' (KV calibrated for {self.calibrated_for})' if self.calibrated_for else ''}; plugins: {plugins}; "
             f"{len(self.loaded)} parameters loaded, {len(self.unexpected)} unexpected, "
             f"{len(self.missing)} missing, {len(self.dropped)} dropped)"
         ]

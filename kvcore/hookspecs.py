@@ -28,9 +28,10 @@ from __future__ import annotations
 import pluggy
 
 from kvcore._mapper import WeightsMapper
+from kvcore._meaning import ScaleMeaning
 from kvcore._quant_config import QuantConfig
 
-__all__ = ["PROJECT_NAME", "get_cache_scale_mapper", "hookimpl", "hookspec"]
+__all__ = ["PROJECT_NAME", "get_cache_scale_mapper", "get_cache_scale_meaning", "hookimpl", "hookspec"]
 
 PROJECT_NAME = "kvcore"
 
@@ -51,4 +52,17 @@ def get_cache_scale_mapper(quant_config: QuantConfig) -> WeightsMapper | None:
     or unsupported. Targets are ``<attention>.attn.{k,v,q,prob}_scale``; map every name the
     same way when applied twice (idempotent). Called once per load, never for an
     unquantized checkpoint.
+    """
+
+
+@hookspec
+def get_cache_scale_meaning(quant_config: QuantConfig) -> ScaleMeaning | None:
+    """Say what this format's KV-cache scales measure for this model, or ``None`` (plain K and V).
+
+    Optional. Called after ``get_cache_scale_mapper`` returned a mapper, with the same
+    ``quant_config``, whose ``model_config`` is the checkpoint's ``config.json``. Return a
+    ``kvcore.ScaleMeaning`` when the answer depends on the model or the producer's settings:
+    an MLA latent (``describes="mla_latent"``) or MLA per-head keys and values
+    (``"mla_per_head"``), the KV dtype calibrated for, or a ``caveat`` the core turns into a
+    warning (for example scales measured before the model's ``k_norm``).
     """

@@ -11,6 +11,14 @@ FIRST_PARTY = {"fp8": ("kvcore-fp8", "kvcore_fp8"), "quark": ("kvcore-quark", "k
                "compressed-tensors": ("kvcore-compressed-tensors", "kvcore_compressed_tensors")}
 
 
+HOOKS = {
+    "fp8": ["get_cache_scale_mapper"],
+    "quark": ["get_cache_scale_mapper", "get_cache_scale_meaning"],
+    "compressed-tensors": ["get_cache_scale_mapper", "get_cache_scale_meaning"],
+}
+"""The hooks each first-party plugin implements (fp8 scales always mean plain K and V)."""
+
+
 def _by_name(data: object) -> dict[str, dict[str, object]]:
     assert isinstance(data, list)
     return {entry["name"]: entry for entry in data}
@@ -27,7 +35,7 @@ def test_json_lists_every_first_party_plugin_with_the_documented_keys(run, cli: 
         assert entry["distribution"] == distribution
         assert entry["version"] == md.version(distribution)
         assert entry["module"] == module
-        assert entry["hooks"] == ["get_cache_scale_mapper"]
+        assert entry["hooks"] == HOOKS[name]
         assert entry["status"] == "loaded"
         assert entry["error"] is None
 

@@ -18,6 +18,7 @@ EXPECTED = {
     "PluginError",
     "QuantConfig",
     "QuantConfigError",
+    "ScaleMeaning",
     "WeightLoadError",
     "WeightsMapper",
     "__version__",

@@ -8,6 +8,10 @@ Names, with ``P = model.layers.N.self_attn``:
   all-zero ones and refuses non-zero ones;
 - legacy (before Aug 2024): ``P.{k,v,q}_proj.output_scale`` -> ``P.attn.{k,v,q}_scale``.
 
+On an MLA model (``config.json`` has ``kv_lora_rank``: DeepSeek-V2/V3, Kimi) llm-compressor
+calibrates what transformers caches: ``k_scale`` is the compressed latent and ``v_scale`` the
+rope key (``ScaleMeaning("mla_latent")``), not keys and values.
+
 The very old ``compression_config`` key reaches this plugin the same way (the core presents
 it as the quantization config). An asymmetric or integer ``kv_cache_scheme`` is refused with
 a ``kvcore.QuantConfigError``; it is never loaded as if it were symmetric.
@@ -22,7 +26,14 @@ import kvcore
 if TYPE_CHECKING:
     from kvcore_compressed_tensors._config import CompressedTensorsConfig, KvCacheScheme, parse_config
 
-__all__ = ["KV_SCALE_MAPPER", "CompressedTensorsConfig", "KvCacheScheme", "get_cache_scale_mapper", "parse_config"]
+__all__ = [
+    "KV_SCALE_MAPPER",
+    "CompressedTensorsConfig",
+    "KvCacheScheme",
+    "get_cache_scale_mapper",
+    "get_cache_scale_meaning",
+    "parse_config",
+]
 
 KV_SCALE_MAPPER = kvcore.WeightsMapper(
     orig_to_new_regex={
@@ -61,3 +72,12 @@ def get_cache_scale_mapper(quant_config: Any) -> kvcore.WeightsMapper | None:
 
     parse_config(dict(config.raw), config.source)
     return KV_SCALE_MAPPER
+
+
+@kvcore.hookimpl
+def get_cache_scale_meaning(quant_config: Any) -> kvcore.ScaleMeaning | None:
+    """On an MLA model the scales describe the latent and the rope key; otherwise plain K and V."""
+    config = kvcore.QuantConfig.coerce(quant_config)
+    if config.quant_method == "compressed-tensors" and isinstance(config.model_config.get("kv_lora_rank"), int):
+        return kvcore.ScaleMeaning("mla_latent")
+    return None
