@@ -7,10 +7,14 @@ them to ``P.attn.k_scale`` / ``P.attn.v_scale``. Its config comes either from
 from ``hf_quant_config.json`` (kvcore presents that file's ``quantization`` section with
 ``quant_method == "modelopt"``).
 
-Refused, with a message that says what to do, because kvcore cannot load them faithfully:
+An NVFP4 KV cache (``kv_cache_quant_algo: "NVFP4"`` or the string form ``kv_cache_scheme:
+"NVFP4"``) has the same names and the same amax/448 scales: they load, and
+``get_cache_scale_meaning`` says they were calibrated for ``"nvfp4"``. On an MLA model
+(DeepSeek-V3) the names are phantoms (there is no ``k_proj``) and the values are the expanded
+per-head keys and values (``ScaleMeaning("mla_per_head")``), not the latent cache.
 
-- an NVFP4 KV cache (``kv_cache_quant_algo: "NVFP4"`` or the string form
-  ``kv_cache_scheme: "NVFP4"``): kvcore has no fp4 KV cache;
+Refused, with a message that says what to do, because kvcore cannot load it faithfully:
+
 - an affine KV cache: named so in the config (``*_AFFINE``, ``symmetric: false``), or
   revealed by non-zero ``P.k_proj.k_bias`` / ``P.v_proj.v_bias`` tensors. A bias is an
   offset, as a zero point is; mapping it onto ``P.attn.k_zero_point`` lets the core do
@@ -29,12 +33,19 @@ if TYPE_CHECKING:
     from kvcore_modelopt._config import ModelOptConfig, kv_cache_algorithm
     from kvcore_modelopt._config import parse_config as parse_config
 
-__all__ = ["KV_SCALE_MAPPER", "METHODS", "ModelOptConfig", "get_cache_scale_mapper", "kv_cache_algorithm"]
+__all__ = [
+    "KV_SCALE_MAPPER",
+    "METHODS",
+    "ModelOptConfig",
+    "get_cache_scale_mapper",
+    "get_cache_scale_meaning",
+    "kv_cache_algorithm",
+]
 
 METHODS = ("modelopt", "modelopt_fp4")
 """``quant_method`` values ModelOpt writes (vLLM's name for NVFP4-weight checkpoints too)."""
 
-SUPPORTED = ("FP8",)
+SUPPORTED = ("FP8", "NVFP4")
 
 KV_SCALE_MAPPER = kvcore.WeightsMapper(
     orig_to_new_regex={
@@ -64,8 +75,6 @@ def _refusal(algorithm: str) -> str:
     field = "kv_cache_quant_algo / kv_cache_scheme"
     if algorithm.endswith("_AFFINE"):
         why = "an affine KV cache adds k_bias/v_bias offsets, and kvcore loads symmetric KV caches only"
-    elif "FP4" in algorithm:
-        why = "kvcore has no fp4 KV cache (kvcore.Attention's kv_cache_dtype is 'auto' or fp8)"
     else:
         why = "kvcore loads KV-cache scales for fp8 KV caches only"
     return (
@@ -86,3 +95,16 @@ def get_cache_scale_mapper(quant_config: kvcore.QuantConfig) -> kvcore.WeightsMa
     if algorithm is not None and algorithm not in SUPPORTED:
         raise kvcore.QuantConfigError(_refusal(algorithm))
     return KV_SCALE_MAPPER
+
+
+@kvcore.hookimpl
+def get_cache_scale_meaning(quant_config: kvcore.QuantConfig) -> kvcore.ScaleMeaning | None:
+    """Per-head K/V on MLA models; the KV dtype the scales were calibrated for."""
+    config = kvcore.QuantConfig.coerce(quant_config)
+    if config.quant_method not in METHODS:
+        return None
+    from kvcore_modelopt._config import kv_cache_algorithm, parse_config
+
+    algorithm = kv_cache_algorithm(parse_config(dict(config.raw)))
+    describes = "mla_per_head" if isinstance(config.model_config.get("kv_lora_rank"), int) else "kv"
+    return kvcore.ScaleMeaning(describes, calibrated_for=(algorithm or "FP8").lower())

@@ -14,10 +14,10 @@ OWN = [
     {"quant_method": "modelopt", "quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}},
     {"quant_method": "modelopt", "quant_algo": "FP8"},  # weights only, no KV quantization
     kvcore.QuantConfig("modelopt", {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}),  # hf_quant_config only
+    {"quant_method": "modelopt", "kv_cache_scheme": "NVFP4"},  # NVFP4 KV: same names, amax/448
+    {"quant_method": "modelopt", "kv_cache_quant_algo": "NVFP4"},
 ]
 BAD = [
-    {"quant_method": "modelopt", "kv_cache_scheme": "NVFP4"},
-    {"quant_method": "modelopt", "kv_cache_quant_algo": "NVFP4"},
     {"quant_method": "modelopt", "kv_cache_quant_algo": "NVFP4_AFFINE"},
     {"quant_method": "modelopt", "kv_cache_scheme": {"num_bits": 8, "type": "float", "symmetric": False}},
     {"quant_method": "modelopt", "kv_cache_quant_algo": "INT8"},
@@ -56,8 +56,7 @@ def test_only_kv_names_change() -> None:
 @pytest.mark.parametrize(
     ("raw", "words"),
     [
-        ({"kv_cache_scheme": "NVFP4"}, "no fp4 KV cache"),
-        ({"kv_cache_quant_algo": "nvfp4"}, "no fp4 KV cache"),
+        ({"kv_cache_quant_algo": "NVFP4_AFFINE"}, "affine"),
         ({"kv_cache_quant_algo": "FP8_AFFINE"}, "affine"),
         ({"kv_cache_scheme": {"num_bits": 8, "type": "float", "symmetric": False}}, "affine"),
         ({"kv_cache_quant_algo": "INT8"}, "fp8 KV caches only"),
@@ -68,5 +67,19 @@ def test_only_kv_names_change() -> None:
 def test_refusals_say_why_and_what_to_do(raw: dict[str, object], words: str) -> None:
     with pytest.raises(kvcore.QuantConfigError, match=words) as caught:
         kvcore_modelopt.get_cache_scale_mapper(kvcore.QuantConfig("modelopt", raw))
-    if "fp4" in words or "affine" in words:
+    if "affine" in words:
         assert "Supported: FP8" in str(caught.value) and "kv_cache_qformat='fp8'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "model", "expected"),
+    [
+        ({"kv_cache_quant_algo": "FP8"}, {"model_type": "qwen3"}, kvcore.ScaleMeaning("kv", "fp8")),
+        ({"kv_cache_scheme": "NVFP4"}, {"model_type": "qwen3"}, kvcore.ScaleMeaning("kv", "nvfp4")),
+        ({"kv_cache_quant_algo": "FP8"}, {"kv_lora_rank": 512}, kvcore.ScaleMeaning("mla_per_head", "fp8")),
+    ],
+    ids=["fp8", "nvfp4", "mla"],
+)
+def test_meaning(raw: dict[str, object], model: dict[str, object], expected: kvcore.ScaleMeaning) -> None:
+    config = kvcore.QuantConfig("modelopt", raw, model_config=model)
+    assert kvcore_modelopt.get_cache_scale_meaning(config) == expected

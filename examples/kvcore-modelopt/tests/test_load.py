@@ -62,13 +62,14 @@ def test_non_zero_affine_biases_are_refused_before_any_write(tmp_path, strict: b
 
 
 @pytest.mark.parametrize("style", ["config.json", "hf_quant_config"])
-def test_nvfp4_kv_cache_is_refused_naming_the_file(tmp_path, style: str) -> None:
+def test_nvfp4_kv_cache_loads_and_says_what_it_was_calibrated_for(tmp_path, style: str) -> None:
     quantization = ({"quant_method": "modelopt", "quant_algo": "NVFP4", "kv_cache_scheme": "NVFP4"}
                     if style == "config.json" else {"quant_algo": "NVFP4", "kv_cache_quant_algo": "NVFP4"})
     path = ckpts.write(tmp_path / "ckpt", style=style, quantization=quantization)
-    file_name = "config.json" if style == "config.json" else "hf_quant_config.json"
-    with pytest.raises(kvcore.QuantConfigError, match=rf"{file_name}.*'modelopt' \(kvcore-modelopt.*no fp4 KV cache"):
-        kvcore.load(ckpts.model(), path)
+    model = ckpts.model()
+    report = kvcore.load(model, path)
+    assert report.calibrated_for == "nvfp4"
+    assert float(model.model.layers[0].self_attn.attn.k_scale) == ckpts.k_value(0)
 
 
 def _bytes(tensor: torch.Tensor) -> torch.Tensor:
