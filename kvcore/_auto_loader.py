@@ -12,7 +12,7 @@ from kvcore._errors import WeightLoadError
 from kvcore._finalise import finalise_module, loaded_scales
 from kvcore._mapper import ShardId, WeightsMapper
 from kvcore._naming import ZERO_POINT_NAMES, Naming, shard_loader_error
-from kvcore._plan import SKIP_SUBSTRS, accepts_shard
+from kvcore._plan import SKIP_SUBSTRS, accepts_shard, loader_args
 from kvcore._scale_param import KVCacheScaleParameter, load_scale
 from kvcore._targets import attention_modules, model_targets
 
@@ -150,9 +150,9 @@ class AutoWeightsLoader:
                 where = f"tensor {item.source!r} (loading into {qualname!r})"
                 load_scale(param, item.tensor, getattr(owner, "num_kv_heads", None), where)
             elif item.shard is not None:
-                if not accepts_shard(loader):
+                if not accepts_shard(loader, item.shard):
                     raise shard_loader_error(qualname, item.unpacked, item.shard)
-                loader(param, item.tensor, item.shard)  # type: ignore[misc]
+                loader(param, item.tensor, *loader_args(item.shard))  # type: ignore[misc]
             else:
                 (loader or default_weight_loader)(param, item.tensor)
             yield qualname

@@ -31,7 +31,7 @@ import torch
 
 from kvcore._errors import CheckpointError
 from kvcore._file_tensor import FileTensor
-from kvcore._plan import Copy
+from kvcore._plan import Copy, loader_args
 from kvcore._safetensors import TensorInfo, check_unchanged
 
 __all__ = ["copy_all"]
@@ -271,7 +271,7 @@ class _Shard:
         if source.data_ptr() % source.dtype.itemsize == 0 and copy.info.start % source.dtype.itemsize == 0:
             source = FileTensor.wrap(source, self.read_into, copy.info.start)
         if copy.shard is not None:
-            copy.loader(copy.target.tensor, source, copy.shard)
+            copy.loader(copy.target.tensor, source, *loader_args(copy.shard))
         else:
             copy.loader(copy.target.tensor, source)
 

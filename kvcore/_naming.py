@@ -4,7 +4,8 @@ A name the mapper already sends to a model tensor is final. Otherwise, in order:
 
 1. a KV-cache scale (or zero point) mapped to ``<P>.attn.<leaf>`` where ``<P>.attn`` is not a
    ``kvcore.Attention`` goes to the one ``kvcore.Attention`` below ``<P>``, at any depth;
-2. packing: the mapper's ``orig_to_new_stacked`` rules (substrings, vLLM's form), then the
+2. MoE experts: the root module's ``packed_experts_mapping`` (see ``_experts``);
+3. packing: the mapper's ``orig_to_new_stacked`` rules (substrings, vLLM's form), then the
    root module's ``packed_modules_mapping`` (whole dotted components, nano-vllm's form). The
    first rule that matches names the fused parameter and the shard id it loads as.
 
@@ -20,6 +21,7 @@ import torch
 
 from kvcore._attention import SCALE_NAMES
 from kvcore._errors import WeightLoadError
+from kvcore._experts import ExpertPacking, ExpertShard
 from kvcore._mapper import ShardId, WeightsMapper
 from kvcore._targets import Target, attention_modules
 
@@ -112,6 +114,7 @@ class Naming:
         overridden = type(mapper).map_name is not WeightsMapper.map_name
         self.unpacked: Callable[[str], str | None] = mapper.map_name if overridden else mapper._map_unpacked
         self.packing = Packing.of(mapper, model)
+        self.experts = ExpertPacking.of(model)
         self.targets = targets
         self._below: dict[str, list[str]] | None = None
 
@@ -127,7 +130,7 @@ class Naming:
         redirected = self.redirect(mapped)
         if redirected is not None:
             return redirected, None
-        packed = self.packing.pack(mapped)
+        packed = self.experts.pack(mapped) or self.packing.pack(mapped)
         return packed if packed is not None else (mapped, None)
 
     def redirect(self, mapped: str) -> str | None:
@@ -147,6 +150,13 @@ class Naming:
                 "kvcore.Attention per attention block, or pass a mapper that names the right one"
             )
         return f"{found[0]}.{leaf}" if found else None
+
+    def expected_shards(self, parameter: str, got: set[ShardId]) -> set[ShardId]:
+        """Every shard a packed ``parameter`` needs, given the ones the checkpoint has (``got``)."""
+        experts = {shard for shard in got if isinstance(shard, ExpertShard)}
+        if experts:
+            return self.experts.expected(parameter, experts)  # type: ignore[return-value]
+        return set(self.packing.shards_of(parameter))
 
     def _attention_below(self) -> dict[str, list[str]]:
         """Every ancestor name (``''`` for the root) -> the Attention modules below it, once each."""
@@ -168,7 +178,8 @@ def shard_loader_error(parameter: str, tensor: str, shard: Any) -> WeightLoadErr
     """The error for a packed target whose parameter cannot load a shard."""
     return WeightLoadError(
         f"checkpoint tensor {tensor!r} loads into the packed parameter {parameter!r} as shard "
-        f"{shard!r}, but that parameter has no weight_loader(param, loaded_weight, shard_id). Give "
+        f"{shard!r}, but that parameter has no weight_loader(param, loaded_weight, shard_id) (for an "
+        "expert: ..., shard_id, expert_id). Give "
         "the fused parameter a shard-id weight_loader (docs/engines.md shows one), or remove the "
         "packing rule"
     )

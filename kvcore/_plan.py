@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 
 from kvcore._errors import KvcoreError, MapperConflictError, WeightLoadError
+from kvcore._experts import ExpertShard
 from kvcore._mapper import ShardId, WeightsMapper
 from kvcore._naming import ZERO_POINT_NAMES, Naming, shard_loader_error
 from kvcore._parallel import SINGLE, Parallel, Part, rank_part, rank_scale
@@ -185,7 +186,7 @@ def _claim_shard(
     if ident not in packed:
         if ident in claimed:  # the whole parameter came from another tensor
             _conflict(claimed, info, target)
-        if not accepts_shard(target.loader):
+        if not accepts_shard(target.loader, shard):
             raise shard_loader_error(target.name, info.name, shard)
         claimed[ident], packed[ident] = info.name, {}
     if shard in packed[ident]:
@@ -194,17 +195,22 @@ def _claim_shard(
     packed[ident][shard] = info.name
 
 
-def accepts_shard(loader: Callable[..., object] | None) -> bool:
-    """Whether ``loader`` can be called as ``loader(param, loaded_weight, shard_id)``."""
+def accepts_shard(loader: Callable[..., object] | None, shard: ShardId) -> bool:
+    """Whether ``loader`` can be called as ``loader(param, loaded_weight, shard_id[, expert_id])``."""
     if loader is None:
         return False
     try:
-        inspect.signature(loader).bind(None, None, None)
+        inspect.signature(loader).bind(None, None, *loader_args(shard))
     except TypeError:
         return False
     except ValueError:  # no signature to read (a builtin): let the call decide
         return True
     return True
+
+
+def loader_args(shard: ShardId) -> tuple[object, ...]:
+    """What a packed parameter's loader receives after ``(param, tensor)``."""
+    return tuple(shard) if isinstance(shard, ExpertShard) else (shard,)
 
 
 def _note_absent_shards(
@@ -215,7 +221,7 @@ def _note_absent_shards(
         return
     names = {id(t.tensor): t.name for t in found if t is not None and id(t.tensor) in packed}
     for ident, got in packed.items():
-        absent = naming.packing.shards_of(names[ident]) - got.keys()
+        absent = naming.expected_shards(names[ident], set(got)) - got.keys()
         if absent:
             plan.absent_shards[names[ident]] = sorted(absent, key=repr)
 
