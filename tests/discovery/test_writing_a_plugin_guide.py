@@ -22,7 +22,7 @@ def test_guide_pyproject_declares_the_entry_point() -> None:
 
 
 def test_guide_plugin_passes_its_own_tests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _signature, plugin, tests = _blocks("python")
+    _signature, plugin, tests, _meaning_signature = _blocks("python")
     root = tmp_path / "src"
     (root / "kvcore_acme").mkdir(parents=True)
     (root / "kvcore_acme" / "__init__.py").write_text(plugin)
