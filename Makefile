@@ -1,5 +1,6 @@
 # `make test` and `make demo` build .venv from nothing: torch first (the local CPU wheel),
-# then kvcore, its three first-party plugins and the test tools.
+# then kvcore, its three first-party plugins, the test tools and the transformers extra
+# (transformers pinned to the release the tests were written against; the extra asks >= 5.20).
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]" $(addprefix -e ,$(PLUGINS))
+	$(PY) -m pip install -q -e ".[test,transformers]" transformers==5.24.0 $(addprefix -e ,$(PLUGINS))
 	touch $@
 
 test: $(STAMP)
