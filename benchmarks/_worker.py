@@ -43,35 +43,27 @@ def _kvcore(model: torch.nn.Module, ckpt: Path) -> Loader:
 
 
 def _raw(model: torch.nn.Module, ckpt: Path) -> Loader:
-    from safetensors import safe_open
-
-    files = shard_files(ckpt)
-
-    def load() -> None:
-        # The loop a user writes by hand: name -> parameter, copy_.
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for file in files:
-                with safe_open(file, framework="pt") as f:
-                    for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                        params[name].copy_(f.get_tensor(name))
-
-    return load
+    return _raw_loop(model, ckpt, packed=False)
 
 
 def _raw_packed(model: torch.nn.Module, ckpt: Path) -> Loader:
+    return _raw_loop(model, ckpt, packed=True)
+
+
+def _raw_loop(model: torch.nn.Module, ckpt: Path, *, packed: bool) -> Loader:
+    """The loop a user writes by hand: name -> parameter, ``copy_`` (or, packed, the fused
+    parameter's ``weight_loader`` with the shard id)."""
     from safetensors import safe_open
 
     files = shard_files(ckpt)
 
     def load() -> None:
-        # The engine's hand-written loop: name -> fused parameter and shard, weight_loader.
         params = dict(model.named_parameters())
         with torch.no_grad():
             for file in files:
                 with safe_open(file, framework="pt") as f:
                     for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                        target, shard = packed_target(name)
+                        target, shard = packed_target(name) if packed else (name, None)
                         param = params[target]
                         if shard is None:
                             param.copy_(f.get_tensor(name))

@@ -4,6 +4,8 @@
 ``get_plugin_manager`` call.
 """
 
+import logging
+
 from kvcore._attention import Attention
 from kvcore._auto_loader import AutoWeightsLoader
 from kvcore._errors import (
@@ -26,6 +28,10 @@ from kvcore._scale_param import KVCacheScaleParameter
 from kvcore.hookspecs import hookimpl, hookspec
 
 __version__ = "0.1.0"
+
+# A library's records reach the application's handlers only; without one, Python's last-resort
+# handler would print every warning a second time beside ``warnings.warn``.
+logging.getLogger("kvcore").addHandler(logging.NullHandler())
 
 __all__ = [
     "Attention",
