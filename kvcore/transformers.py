@@ -24,9 +24,11 @@ from typing import Any
 import torch
 
 from kvcore._checkpoint import Checkpoint, read_checkpoint
+from kvcore._contributions import combine, meaning_of
 from kvcore._errors import QuantConfigError, WeightLoadError
 from kvcore._kv_quant import FP8_DTYPES, KvCacheDtypeError, dequantize_shaped, quantize_shaped
-from kvcore._read_scales import mapper_for, read_kv_scales
+from kvcore._mapper import WeightsMapper
+from kvcore._read_scales import _contributions, read_kv_scales
 
 try:
     import transformers
@@ -169,7 +171,7 @@ def kv_cache(model: Any, checkpoint: str | Path, *, kv_cache_dtype: str = "fp8")
     model_name = _model_name(model, config)
     ckpt = read_checkpoint(directory)
     _check_calibration(ckpt, directory)
-    scaled = _scaled_modules(ckpt, directory)
+    scaled, caveat = _scaled_modules(ckpt, directory)
     scales = read_kv_scales(directory)
     by_layer = _by_layer(scales, directory)
     layer_types = _layer_types(config, model_name)
@@ -182,6 +184,8 @@ def kv_cache(model: Any, checkpoint: str | Path, *, kv_cache_dtype: str = "fp8")
             UserWarning,
             stacklevel=2,
         )
+    if caveat:
+        warnings.warn(f"checkpoint {directory}: {caveat} ({', '.join(sorted(scaled))})", UserWarning, stacklevel=2)
     layers: list[_Fp8Storage] = []
     for index, (parent, layer_kwargs) in enumerate(layer_types):
         module, values = by_layer[index]
@@ -326,9 +330,11 @@ def _check_fits(
                 )
 
 
-def _scaled_modules(ckpt: Checkpoint, directory: Path) -> set[str]:
-    """The attention modules the checkpoint has a k or v scale for; none at all is an error."""
-    mapper = mapper_for(directory)
+def _scaled_modules(ckpt: Checkpoint, directory: Path) -> tuple[set[str], str | None]:
+    """The attention modules the checkpoint has a k or v scale for (none at all is an error), and
+    the plugin's caveat about what they measured (e.g. keys before ``k_norm``), if any."""
+    contributions = _contributions(ckpt, None, None)
+    mapper = combine(WeightsMapper(), contributions)
     scaled = set()
     for name in ckpt.tensors:
         module, _, attr = (mapper.map_name(name) or "").rpartition(".")
@@ -341,7 +347,7 @@ def _scaled_modules(ckpt: Checkpoint, directory: Path) -> set[str]:
             "an fp8 KV cache (llm-compressor kv_cache_scheme, Quark kv_cache_group, ModelOpt FP8 KV, AutoFP8 "
             "static), or transformers' own DynamicCache"
         )
-    return scaled
+    return scaled, meaning_of(contributions).caveat
 
 
 def _tensor(value: float | list[float]) -> torch.Tensor:

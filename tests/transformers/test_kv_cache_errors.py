@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,21 @@ def test_mla_model_is_refused() -> None:
 def test_not_a_transformers_model() -> None:
     with pytest.raises(TypeError, match="transformers model"):
         kvcore.transformers.kv_cache(torch.nn.Linear(2, 2), LLAMA)
+
+
+QUARK = QWEN3.parents[1] / "quark"
+
+
+def test_scales_named_by_another_tool_and_its_caveat() -> None:
+    """Quark names them k_proj.output_scale; measured before Qwen3's k_norm they clip: a warning says so."""
+    model = build_model(QWEN3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache = kvcore.transformers.kv_cache(model, QUARK / "qwen3_fp8_kv_fp8_post_rope")
+    expected = kvcore.read_kv_scales(QUARK / "qwen3_fp8_kv_fp8_post_rope")
+    for i, layer in enumerate(cache.layers):
+        assert float(layer.k_scale) == expected[f"model.layers.{i}.self_attn.attn"]["k_scale"]
+        assert float(layer.v_scale) == expected[f"model.layers.{i}.self_attn.attn"]["v_scale"]
+    assert float(cache.layers[0].k_scale) != float(cache.layers[0].v_scale)
+    with pytest.warns(UserWarning, match=r"before this model's k_norm.*model\.layers\.0\.self_attn\.attn"):
+        kvcore.transformers.kv_cache(model, QUARK / "qwen3_fp8_kv_fp8")
