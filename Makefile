@@ -25,6 +25,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/accuracy.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check kvcore plugins tests examples
