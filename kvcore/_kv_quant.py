@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from kvcore._errors import KvcoreError, WeightLoadError
+from kvcore._scale_param import check_scale_value
 
 __all__ = [
     "FP8_DTYPES",
@@ -152,16 +153,5 @@ def shaped_scale(scale: torch.Tensor | float, x: torch.Tensor, head_dim: int, ca
         view = [1] * x.dim()
         view[head_dim] = heads
         shaped = value.reshape(view)
-    for problem, bad in (
-        ("NaN", torch.isnan(value)),
-        ("an infinite value", torch.isinf(value)),
-        ("zero", value == 0),
-        ("a negative value", value < 0),
-    ):
-        if bool(bad.any()):
-            shown = value.tolist() if value.numel() <= 8 else f"{value.numel()} values"
-            raise WeightLoadError(
-                f"{caller}: the scale holds {problem} ({shown}); a KV-cache scale must be a finite "
-                "positive number (amax / 448)"
-            )
+    check_scale_value(value, f"{caller}: the scale", advice="It is amax / 448 of what the cache holds")
     return shaped

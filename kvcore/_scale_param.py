@@ -61,8 +61,14 @@ def load_scale(param: torch.Tensor, loaded: torch.Tensor, heads: int | None, whe
     store_scale(param, value.reshape(()) if value.numel() == 1 else value)
 
 
-def check_scale_value(value: torch.Tensor, what: str) -> None:
-    """Raise ``WeightLoadError`` unless every element of float32 ``value`` is finite and positive."""
+UNINITIALISED = "The quantization tool probably saved an uninitialised scale: re-export the checkpoint"
+
+
+def check_scale_value(value: torch.Tensor, what: str, *, advice: str = UNINITIALISED) -> None:
+    """Raise ``WeightLoadError`` unless every element of float32 ``value`` is finite and positive.
+
+    The message names ``what``, the problem and the values, then gives ``advice``.
+    """
     for problem, bad in (
         ("NaN", torch.isnan(value)),
         ("an infinite value", torch.isinf(value)),
@@ -72,9 +78,7 @@ def check_scale_value(value: torch.Tensor, what: str) -> None:
         if bool(bad.any()):
             shown = value.tolist() if value.numel() <= 8 else f"{value.numel()} values"
             raise WeightLoadError(
-                f"{what} holds {problem} ({shown}); a KV-cache scale must be a finite positive "
-                "number. The quantization tool probably saved an uninitialised scale: re-export "
-                "the checkpoint"
+                f"{what} holds {problem} ({shown}); a KV-cache scale must be a finite positive number. {advice}"
             )
 
 
