@@ -20,6 +20,7 @@ from kvcore._kv_quant import dequantize_kv, quantize_kv
 from kvcore._load import load
 from kvcore._mapper import WeightsMapper
 from kvcore._meaning import ScaleMeaning
+from kvcore._plugin_mappers import plugin_mappers_for
 from kvcore._plugins import get_plugin_manager
 from kvcore._quant_config import QuantConfig
 from kvcore._read_scales import mapper_for, read_kv_scales
@@ -54,6 +55,7 @@ __all__ = [
     "hookspec",
     "load",
     "mapper_for",
+    "plugin_mappers_for",
     "quantize_kv",
     "read_kv_scales",
 ]

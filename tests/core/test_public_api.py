@@ -28,6 +28,7 @@ EXPECTED = {
     "hookspec",
     "load",
     "mapper_for",
+    "plugin_mappers_for",
     "quantize_kv",
     "read_kv_scales",
 }
