@@ -104,6 +104,10 @@ def _shown(value: torch.Tensor) -> str:
     return text if len(items) == 1 else f"[{text}]"
 
 
+ONE_FOR_BOTH = ("kv_scale", "qkv_proj.output_scale", "kv_b_proj.output_scale")
+"""Checkpoint tensors written as one scale for k and v: AutoFP8's legacy name, Quark's fused projections."""
+
+
 def check_layers(quantized: bool, layers: Mapping[str, Mapping[str, _Entry]], findings: Findings) -> None:
     """Layer-level rules: k without v (or v without k), no scales at all, k == v everywhere."""
     if not layers:
@@ -113,8 +117,9 @@ def check_layers(quantized: bool, layers: Mapping[str, Mapping[str, _Entry]], fi
         return
     for layer, scales in layers.items():
         k, v = scales.get("k_scale"), scales.get("v_scale")
-        if k is not None and v is None and k.tensor.endswith("kv_scale"):
-            findings.group("info", "kv_scale", layer, "one legacy kv_scale serves for both k and v")
+        if k is not None and v is None and k.tensor.endswith(ONE_FOR_BOTH):
+            findings.group("info", "kv_scale", layer, "one scale serves for both k and v (a legacy kv_scale, "
+                                                      "or a fused projection's output scale)")
         elif k is not None and v is None:
             findings.group("warning", "k without v", layer,
                            "k_scale without v_scale; kvcore.load uses k_scale for v as well")
