@@ -62,9 +62,10 @@ class Attention(torch.nn.Module):
         wrote some scales through their ``weight_loader``), call it once per module: a scale
         still holding the ``-1.0`` sentinel counts as missing.
         """
-        from kvcore._finalise import finalise_module, loaded_scales
+        from kvcore._finalise import finalise_all, loaded_scales
+        from kvcore._meaning import ScaleMeaning
 
-        finalise_module(type(self).__name__, self, loaded_scales(self))
+        finalise_all({type(self).__name__: self}, {type(self).__name__: loaded_scales(self)}, ScaleMeaning())
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Attention:
         """Move the scales with the module, but keep them float32 through ``.to(dtype)``/``.half()``.

@@ -9,8 +9,9 @@ from typing import NamedTuple
 import torch
 
 from kvcore._errors import WeightLoadError
-from kvcore._finalise import finalise_module, loaded_scales
+from kvcore._finalise import finalise_all, loaded_scales
 from kvcore._mapper import ShardId, WeightsMapper
+from kvcore._meaning import ScaleMeaning
 from kvcore._naming import ZERO_POINT_NAMES, Naming, shard_loader_error
 from kvcore._plan import SKIP_SUBSTRS, accepts_shard, loader_args
 from kvcore._scale_param import KVCacheScaleParameter, load_scale
@@ -87,7 +88,10 @@ class AutoWeightsLoader:
         naming = Naming(mapper if mapper is not None else WeightsMapper(), self.module, targets)
         kept = ((name, item) for name, item in _resolved(weights, naming) if not self._can_skip(name))
         loaded = set(self._load_module("", self.module, kept))
-        _finalise_attention(attention_modules(targets))
+        attention = attention_modules(targets)
+        scales = {name: loaded_scales(module) for name, module in attention.items()}
+        meaning = mapper.scale_meaning if mapper is not None else None
+        finalise_all(attention, scales, meaning or ScaleMeaning())
         return loaded
 
     def _can_skip(self, qualname: str) -> bool:
@@ -180,12 +184,6 @@ def _check_offset(name: str, tensor: torch.Tensor) -> None:
             "(biases), and kvcore loads symmetric KV caches only. Quantize the KV cache "
             "symmetrically, or load the checkpoint with an engine that supports this scheme"
         )
-
-
-def _finalise_attention(attention: dict[str, torch.nn.Module]) -> None:
-    """No ``-1.0`` sentinel is left in place: kvcore's rules for missing scales, once per module."""
-    for name, module in attention.items():
-        finalise_module(name, module, loaded_scales(module))
 
 
 def _as_pairs(base_prefix: str, weights: Items) -> Iterator[tuple[str, torch.Tensor]]:

@@ -13,6 +13,12 @@ Each tensor is copied exactly once, from the page cache into its parameter:
   shard when first needed.
 
 A failure part-way raises ``CheckpointError`` whose ``written`` lists exactly what changed.
+
+A model must not be mutated during a load. Direct reads write raw bytes at addresses taken
+from the parameters, so each read first re-checks its targets (``_Pinned``): the same data
+pointer, byte count, dtype and contiguity as planned, inside the same live storage, which
+the read holds a reference to so that a replaced storage cannot be freed under it. A
+changed target is a ``WeightLoadError`` naming the parameter, never a write out of bounds.
 """
 
 from __future__ import annotations
@@ -26,13 +32,14 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import groupby
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
-from kvcore._errors import CheckpointError
+from kvcore._errors import CheckpointError, WeightLoadError
 from kvcore._file_tensor import FileTensor
 from kvcore._plan import Copy, loader_args
-from kvcore._safetensors import TensorInfo, check_unchanged
+from kvcore._safetensors import DTYPES, TensorInfo, check_unchanged
 
 __all__ = ["copy_all"]
 
@@ -81,8 +88,9 @@ def _copy_shard(shard: _Shard, batch: list[Copy], log: _Log, progress: Progress 
         # Every direct read is queued first, so the pool never idles while this thread copies
         # through the map (a loader's copy_ reads the file too: see FileTensor).
         for run in filter(_first_direct, runs):
+            reads = shard.submit(run)  # refuses a changed target before anything is queued
             log.start(run)
-            pending.append((run, shard.submit(run)))
+            pending.append((run, reads))
         for run in itertools.filterfalse(_first_direct, runs):
             log.start(run)
             _drain(pending, log, progress, block=False)
@@ -93,8 +101,11 @@ def _copy_shard(shard: _Shard, batch: list[Copy], log: _Log, progress: Progress 
         # Never leave a read running into a parameter (or on a closed file) after an error;
         # the reads that succeeded count as written.
         for run, reads in pending:
-            if not any(read.exception() for read in reads):
+            failures = [read.exception() for read in reads]
+            if not any(failures):
                 log.finish(run, None)
+            elif all(isinstance(failure, WeightLoadError) for failure in failures):
+                log.abandon(run)  # every read refused its changed target before writing
 
 
 def _drain(pending: Pending, log: _Log, progress: Progress | None, *, block: bool = True) -> None:
@@ -171,6 +182,10 @@ class _Log:
         self.current = run[0]
         self._running[id(run)] = run
 
+    def abandon(self, run: list[Copy]) -> None:
+        """Forget ``run``: none of its reads wrote anything."""
+        del self._running[id(run)]
+
     def finish(self, run: list[Copy], progress: Progress | None) -> None:
         del self._running[id(run)]
         self.written.update(map(_TARGET_NAME, run))
@@ -244,17 +259,22 @@ class _Shard:
         self._base = None
 
     def submit(self, run: list[Copy]) -> list[Future[int]]:
-        """Queue the reads of a run of direct copies: one scatter read, or a big tensor's chunks."""
+        """Queue the reads of a run of direct copies: one scatter read, or a big tensor's chunks.
+
+        Each read re-checks the run's targets (``_Pinned``) just before it writes into them.
+        """
         info = run[0].info
+        pinned = _Pinned.of(run)
         if len(run) == 1 and info.end - info.start >= SPLIT_BYTES:
-            size, address = info.end - info.start, run[0].target.tensor.data_ptr()
+            size, address = info.end - info.start, pinned.addresses[0]
             spans = [(at, min(SPLIT_BYTES, size - at)) for at in range(0, size, SPLIT_BYTES)]
-            return [self.threads.submit(self._read, [_raw(address + at, n)], info.start + at, n) for at, n in spans]
+            return [
+                self.threads.submit(self._read, [_raw(address + at, n)], info.start + at, n, pinned)
+                for at, n in spans
+            ]
         # C loops, no Python call per tensor: a run holds up to IOV_MAX tiny tensors.
-        sizes = map(operator.sub, map(_END, run), map(_START, run))
-        addresses = map(torch.Tensor.data_ptr, map(_TENSOR, run))
-        buffers = list(map(_from_address, map(ctypes.c_char.__mul__, sizes), addresses))
-        return [self.threads.submit(self._read, buffers, info.start, run[-1].info.end - info.start)]
+        buffers = list(map(_from_address, map(ctypes.c_char.__mul__, pinned.sizes), pinned.addresses))
+        return [self.threads.submit(self._read, buffers, info.start, run[-1].info.end - info.start, pinned)]
 
     def copy_mapped(self, copy: Copy) -> None:
         """Copy through a torch view of the mapped file (conversions, loaders, other devices).
@@ -292,8 +312,12 @@ class _Shard:
             read.result()
         return True
 
-    def _read(self, buffers: list[ctypes.Array[ctypes.c_char]], offset: int, expected: int) -> int:
+    def _read(
+        self, buffers: list[ctypes.Array[ctypes.c_char]], offset: int, expected: int, pinned: _Pinned | None = None
+    ) -> int:
         assert self._file is not None
+        if pinned is not None:
+            pinned.check()  # right before the write: the targets must still be the planned memory
         got = os.preadv(self._file.fileno(), buffers, offset)
         if got != expected:
             raise CheckpointError(
@@ -315,6 +339,92 @@ class _Shard:
         return self._base
 
 
+_DATA_PTR, _IS_CONTIGUOUS, _STORAGE = torch.Tensor.data_ptr, torch.Tensor.is_contiguous, torch.Tensor.untyped_storage
+_STORAGE_PTR, _STORAGE_BYTES = torch.UntypedStorage.data_ptr, torch.UntypedStorage.nbytes
+_NBYTES, _DTYPE_OF = operator.attrgetter("nbytes"), operator.attrgetter("dtype")
+_INFO_DTYPE = operator.attrgetter("info.dtype")
+
+
+class _Pinned(NamedTuple):
+    """The memory a run of direct reads writes into, as it was when the reads were queued.
+
+    ``storages`` holds a reference to each target's storage, so that a storage swapped out of
+    a parameter (``param.data = ...``) stays allocated until the read is over. :meth:`check`
+    runs on the reader thread right before ``preadv``: every target must still have the data
+    pointer, byte count, dtype and contiguity planned, inside that storage, not resized.
+    Column checks (C loops): a run holds up to ``IOV_MAX`` tensors.
+    """
+
+    copies: list[Copy]
+    tensors: list[torch.Tensor]
+    addresses: list[int]
+    sizes: list[int]
+    dtypes: list[torch.dtype]
+    storages: list[torch.UntypedStorage]
+    storage_starts: list[int]
+    storage_bytes: list[int]
+
+    @classmethod
+    def of(cls, run: list[Copy]) -> _Pinned:
+        tensors = list(map(_TENSOR, run))
+        storages = list(map(_STORAGE, tensors))
+        pinned = cls(
+            run,
+            tensors,
+            list(map(_DATA_PTR, tensors)),
+            list(map(operator.sub, map(_END, run), map(_START, run))),
+            list(map(DTYPES.__getitem__, map(_INFO_DTYPE, run))),
+            storages,
+            list(map(_STORAGE_PTR, storages)),
+            list(map(_STORAGE_BYTES, storages)),
+        )
+        ends = map(operator.add, pinned.addresses, pinned.sizes)
+        storage_ends = map(operator.add, pinned.storage_starts, pinned.storage_bytes)
+        if not (
+            all(map(operator.le, pinned.storage_starts, pinned.addresses)) and all(map(operator.le, ends, storage_ends))
+        ):
+            pinned._refuse()
+        pinned.check()
+        return pinned
+
+    def check(self) -> None:
+        """Raise ``WeightLoadError`` naming the first target that is no longer the planned memory."""
+        tensors = self.tensors
+        if (
+            list(map(_DATA_PTR, tensors)) == self.addresses
+            and list(map(_NBYTES, tensors)) == self.sizes
+            and list(map(_DTYPE_OF, tensors)) == self.dtypes
+            and all(map(_IS_CONTIGUOUS, tensors))
+            and list(map(_STORAGE_PTR, self.storages)) == self.storage_starts
+            and list(map(_STORAGE_BYTES, self.storages)) == self.storage_bytes
+        ):
+            return
+        self._refuse()
+
+    def _refuse(self) -> None:
+        for i, copy in enumerate(self.copies):
+            tensor, storage = self.tensors[i], self.storages[i]
+            address, size = self.addresses[i], self.sizes[i]
+            start, length = self.storage_starts[i], self.storage_bytes[i]
+            problems = []
+            if tensor.nbytes != size or tensor.dtype != self.dtypes[i]:
+                problems.append(f"planned: {size} bytes of {self.dtypes[i]}; now: {tensor.nbytes} of {tensor.dtype}")
+            if not tensor.is_contiguous():
+                problems.append("no longer contiguous")
+            if tensor.data_ptr() != address:
+                problems.append("its memory was replaced")
+            if (storage.data_ptr(), storage.nbytes()) != (start, length):
+                problems.append(f"its storage was resized to {storage.nbytes()} bytes")
+            elif not start <= address <= start + length - size:
+                problems.append(f"its storage holds {length} bytes")
+            if problems:
+                raise WeightLoadError(
+                    f"parameter {copy.target.name!r} changed while kvcore was loading into it "
+                    f"({'; '.join(problems)}); nothing was read into it. A model must not be mutated "
+                    "during a load: not by another thread, not by the progress callback"
+                )
+
+
 def _raw(address: int, size: int) -> ctypes.Array[ctypes.c_char]:
     return (ctypes.c_char * size).from_address(address)
 
@@ -327,7 +437,7 @@ def _view(base: torch.Tensor, info: TensorInfo) -> torch.Tensor:
     return raw.view(dtype).view(info.shape)
 
 
-def _interrupted(exc: Exception, log: _Log) -> CheckpointError:
+def _interrupted(exc: Exception, log: _Log) -> CheckpointError | WeightLoadError:
     current, written = log.current, log.written
     where = (
         f"tensor {current.info.name!r} from {current.info.path} (loading into {current.target.name!r})"
@@ -342,6 +452,12 @@ def _interrupted(exc: Exception, log: _Log) -> CheckpointError:
         if changed
         else "Nothing was written"
     )
+    if isinstance(exc, WeightLoadError):  # the model changed under the load (_Pinned)
+        return WeightLoadError(
+            f"{exc}. {len(written)} parameter(s) were written before{': ' + done if written else ''}"
+            f"{partly}. {advice}, and load again into a model nothing else touches meanwhile",
+            written=changed,
+        )
     return CheckpointError(
         f"loading failed at {where} ({type(exc).__name__}: {exc}) after writing "
         f"{len(written)} parameter(s){': ' + done if written else ''}{partly}. {advice}, and load "

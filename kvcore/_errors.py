@@ -26,7 +26,14 @@ __all__ = [
 
 
 class KvcoreError(Exception):
-    """Base class of every error kvcore raises on purpose."""
+    """Base class of every error kvcore raises on purpose.
+
+    ``written`` names the model's parameters (and buffers) already written, or being
+    written, when the error was raised: empty for every error found while planning (the
+    model is untouched); when it is not empty, discard the model.
+    """
+
+    written: frozenset[str] = frozenset()
 
 
 class CheckpointError(KvcoreError):
@@ -72,4 +79,12 @@ class MapperConflictError(KvcoreError):
 
 
 class WeightLoadError(KvcoreError, ValueError):
-    """A tensor cannot be loaded into its parameter (shape, dtype, value or name)."""
+    """A tensor cannot be loaded into its parameter (shape, dtype, value or name).
+
+    Also raised when a parameter's storage changed while a load was writing into the model
+    (a model must not be mutated during a load); ``written`` then lists what changed.
+    """
+
+    def __init__(self, *args: object, written: frozenset[str] = frozenset()) -> None:
+        super().__init__(*args)
+        self.written = frozenset(written)

@@ -45,8 +45,7 @@ def finalise_all(
 
 
 def _layers(names: list[str]) -> str:
-    shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
-    return f"{len(names)} attention layer(s): {shown}"
+    return f"{len(names)} attention layer(s): {', '.join(names)}"
 
 
 def finalise_module(

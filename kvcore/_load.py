@@ -58,6 +58,11 @@ def load(
     ranks. A parameter with an integer ``tp_dim`` attribute holds its rank's slice along that
     dim (only that slice is read); ``kvcore.Attention`` holds this rank's KV heads, and
     per-head scales are split (or replicated) by vLLM's rule. Every rank calls ``load``.
+
+    The model must not be mutated during a load (by another thread, the ``progress``
+    callback or a ``weight_loader``): a parameter whose storage, size, dtype or layout
+    changed is refused with a ``WeightLoadError`` naming it, and its ``written`` lists what
+    was already written.
     """
     ckpt = read_checkpoint(checkpoint)
     contributions = plugin_mappers(ckpt, strict=strict, plugins=plugins, disable_plugins=disable_plugins)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from kvcore._errors import MapperConflictError
+from kvcore._meaning import ScaleMeaning
 
 __all__ = ["ShardId", "WeightsMapper"]
 
@@ -247,6 +248,21 @@ class WeightsMapper:
         # plain tuples, and a single test per kind that rejects names no rule of it touches.
         object.__setattr__(self, "_fast", _FastRules.of(self))
 
+    @property
+    def scale_meaning(self) -> ScaleMeaning | None:
+        """What the KV-cache scales this mapper renames measure, when it came from ``kvcore.mapper_for``.
+
+        Not a rule: it plays no part in equality, and ``|`` keeps the left side's (or else the
+        right side's). ``AutoWeightsLoader`` reads it to finalise MLA attentions correctly.
+        """
+        return self.__dict__.get("_scale_meaning")
+
+    def with_scale_meaning(self, meaning: ScaleMeaning | None) -> WeightsMapper:
+        """This mapper, carrying ``meaning`` (see :attr:`scale_meaning`)."""
+        copy = WeightsMapper(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        object.__setattr__(copy, "_scale_meaning", meaning)
+        return copy
+
     def __or__(self, other: object) -> WeightsMapper:
         if not isinstance(other, WeightsMapper):
             return NotImplemented
@@ -265,7 +281,9 @@ class WeightsMapper:
                         targets=(ours[key], target),
                     )
             merged[f.name] = {**ours, **theirs}
-        return WeightsMapper(**merged)
+        meaning = self.scale_meaning or other.scale_meaning
+        combined = WeightsMapper(**merged)
+        return combined if meaning is None else combined.with_scale_meaning(meaning)
 
     def map_name(self, name: str) -> str | None:
         """Return ``name`` rewritten by every matching rule (packing included), or ``None`` if dropped."""

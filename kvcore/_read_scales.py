@@ -43,13 +43,16 @@ def mapper_for(
 
     An empty mapper for an unquantized checkpoint; a quantization method no installed plugin
     handles raises ``QuantConfigError``, as ``kvcore.load`` does. Pass it to
-    ``AutoWeightsLoader.load_weights(weights, mapper=...)``, ORed with the model's own.
+    ``AutoWeightsLoader.load_weights(weights, mapper=...)``, ORed with the model's own: it
+    carries what the plugins say the scales mean (``WeightsMapper.scale_meaning``), so the
+    loader finalises MLA attentions as ``kvcore.load`` does.
     """
     return _mapper(read_checkpoint(checkpoint), plugins, disable_plugins)
 
 
 def _mapper(ckpt: Checkpoint, plugins: Iterable[str] | None, disable_plugins: Iterable[str] | None) -> WeightsMapper:
-    return combine(WeightsMapper(), _contributions(ckpt, plugins, disable_plugins))
+    contributions = _contributions(ckpt, plugins, disable_plugins)
+    return combine(WeightsMapper(), contributions).with_scale_meaning(meaning_of(contributions))
 
 
 def _contributions(
