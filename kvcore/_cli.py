@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kvcore import __version__
 from kvcore._demo import run_demo
+from kvcore._demo_hf import hf_demo, render_hf_demo
 from kvcore._errors import KvcoreError
 from kvcore._inspect import inspect_checkpoint
 from kvcore._plugins import get_plugin_manager, plugin_records
@@ -145,7 +146,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _demo_in(args: argparse.Namespace, directory: Path, *, kept: bool) -> int:
     results = run_demo(directory)
-    data = {"directory": str(directory), "kept": kept, "formats": [r.as_dict() for r in results]}
+    hf = hf_demo()
+    data = {"directory": str(directory), "kept": kept, "formats": [r.as_dict() for r in results], "transformers": hf}
     where = f"{directory}{'' if kept else ' (removed afterwards)'}"
-    _emit(args, data, lambda: render_demo(results, where, _style()))
+    _emit(args, data, lambda: f"{render_demo(results, where, _style())}\n\n{render_hf_demo(hf)}")
     return 1 if any(r.status == "failed" for r in results) else 0

@@ -118,3 +118,11 @@ def test_human_output_lists_each_format_with_its_values(run, demo: tuple) -> Non
                 assert any(scale in line and text in line and shown["source"] in line for line in out.splitlines())
             assert layer in out
     assert "(removed afterwards)" in out
+
+
+def test_the_transformers_run_compares_a_bf16_and_kvcores_fp8_cache(demo: tuple[dict, int, Path]) -> None:
+    run = demo[0]["transformers"]  # the extra is installed by make test, and this is a checkout
+    assert run["model"] == "LlamaForCausalLM" and run["checkpoint"].endswith("llmcompressor/fp8_kv_tensor")
+    assert run["bytes_per_token"]["fp8"] * 2 == run["bytes_per_token"]["bf16"]
+    # the fp8 cache changes the logits, but by far less than their size
+    assert 0 < run["max_logit_difference"] < run["max_logit"] / 4
