@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 import torch
@@ -47,9 +48,9 @@ class Attention(torch.nn.Module):
             raise ValueError(
                 f"unknown kv_cache_dtype {kv_cache_dtype!r}; use one of {', '.join(KV_CACHE_DTYPES)}"
             )
-        self.num_heads = num_heads
-        self.head_size = head_size
-        self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        self.num_heads = _positive("num_heads", num_heads)
+        self.head_size = _positive("head_size", head_size)
+        self.num_kv_heads = self.num_heads if num_kv_heads is None else _positive("num_kv_heads", num_kv_heads)
         self.kv_cache_dtype = kv_cache_dtype
         self.use_mla = bool(use_mla)
         for name in SCALE_NAMES:
@@ -91,3 +92,14 @@ class Attention(torch.nn.Module):
             f"num_kv_heads={self.num_kv_heads}, kv_cache_dtype={self.kv_cache_dtype!r}"
             + (", use_mla=True" if self.use_mla else "")
         )
+
+
+def _positive(name: str, value: object) -> int:
+    """``value`` as an int of at least 1, or ``ValueError``: a layer with no heads holds no cache."""
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        number = 0
+    if isinstance(value, bool) or number < 1:
+        raise ValueError(f"Attention({name}={value!r}): {name} must be a positive integer")
+    return number

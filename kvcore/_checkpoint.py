@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kvcore._errors import CheckpointError
+from kvcore._errors import CheckpointError, QuantConfigError
+from kvcore._paths import ADVICE, describe, path_error, regular_file, resolve
 from kvcore._quant_config import QuantConfig
 from kvcore._safetensors import ShardHeader, TensorInfo, read_header, unique_keys
 
@@ -40,33 +41,61 @@ class Checkpoint:
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read ``config.json``, any quantization config, and every shard's header."""
-    directory = Path(path)
+    """Read ``config.json``, any quantization config, and every shard's header.
+
+    Every OS-level failure on the checkpoint's paths (no permission, a name too long, a
+    symlink loop, an I/O error) is a ``CheckpointError`` naming the path and what to do.
+    """
+    try:
+        return _read(Path(path))
+    except OSError as exc:
+        raise path_error(exc, path) from None
+
+
+def _read(directory: Path) -> Checkpoint:
     if directory.suffix in PICKLE_SUFFIXES and directory.is_file():
         raise CheckpointError(f"{directory} is a pickle checkpoint. {CONVERT_ADVICE}")
     if directory.is_file() and directory.suffix == ".safetensors":
-        return _assemble(directory.parent, [directory])
+        return _assemble(directory.parent, [directory], single=directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint {directory} does not exist or is not a directory")
     index = directory / INDEX_FILE
-    if index.is_file():
+    if regular_file(index, "the index JSON file"):
         # Read once: on a 10^5-tensor checkpoint the index is megabytes of JSON.
         weight_map = _weight_map(index)
         return _assemble(directory, _indexed_shards(directory, index, weight_map), weight_map)
     return _assemble(directory, _shard_paths(directory))
 
 
-def _assemble(directory: Path, shard_paths: list[Path], weight_map: dict[str, str] | None = None) -> Checkpoint:
+def _assemble(
+    directory: Path, shard_paths: list[Path], weight_map: dict[str, str] | None = None, single: Path | None = None
+) -> Checkpoint:
     config = _read_json(directory / "config.json", required=False)
     quant_config = _quant_config(directory, config)
+    index = directory / INDEX_FILE
+    indexed = regular_file(index, "the index JSON file")
+    if single is not None and indexed:
+        weight_map = _weight_map(index)
+        _one_of_several(single, index, weight_map, resolve(directory))
     shards = tuple(read_header(p) for p in shard_paths)
     tensors = _tensor_table(shards)
-    index = directory / INDEX_FILE
-    if len(shard_paths) > 1 or index.is_file():
+    if len(shard_paths) > 1 or indexed:
         if weight_map is None:
             weight_map = _weight_map(index)
-        _check_index(index, weight_map, shards, tensors, directory.resolve())
+        _check_index(index, weight_map, shards, tensors, resolve(directory))
     return Checkpoint(directory, config, quant_config, shards, tensors)
+
+
+def _one_of_several(single: Path, index: Path, weight_map: dict[str, str], root: Path) -> None:
+    """Refuse one shard of a sharded checkpoint given on its own: name the directory to load instead."""
+    mine = resolve(single)
+    named = {_inside(root, index, tensor, shard) for shard, tensor in _first_tensors(weight_map).items()}
+    others = named - {mine}
+    if others:
+        raise CheckpointError(
+            f"{single} is one shard of the sharded checkpoint in {single.parent} ({index.name} names "
+            f"{len(others) + 1} shards); load the directory {single.parent} instead, which reads them all"
+        )
 
 
 def _shard_paths(directory: Path) -> list[Path]:
@@ -94,7 +123,7 @@ def _shard_paths(directory: Path) -> list[Path]:
 
 
 def _indexed_shards(directory: Path, index: Path, weight_map: dict[str, str]) -> list[Path]:
-    root = directory.resolve()
+    root = resolve(directory)
     shards = {shard: _inside(root, index, tensor, shard) for shard, tensor in _first_tensors(weight_map).items()}
     # Two spellings of one file ("a.safetensors", "./a.safetensors") are one shard.
     return list(dict.fromkeys(shards.values()))
@@ -123,13 +152,20 @@ def _weight_map(index: Path) -> dict[str, str]:
 def _inside(root: Path, index: Path, tensor: str, shard: str) -> Path:
     where = f"{index} places tensor {tensor!r} in {shard!r}"
     try:
-        candidate = (root / shard).resolve()
+        candidate = resolve(root / shard)
         outside = Path(shard).is_absolute() or not (
             candidate.is_relative_to(root) or _hub_blob(root, shard, candidate)
         )
-        present = not outside and candidate.is_file()
-    except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a symlink loop
+        other = None if outside else describe(candidate)
+        present = not outside and other is None and candidate.is_file()
+    except ValueError as exc:  # a NUL byte
         raise CheckpointError(f"{where}, which is not a usable file name ({exc}); fix the index") from None
+    except OSError as exc:  # a name too long, a symlink loop, no permission
+        advice = ADVICE.get(exc.errno or 0, "check the path and the file system")
+        raise CheckpointError(
+            f"{where}, which cannot be read ({exc.strerror or exc}): {advice}. If the index names the wrong "
+            "file, fix the index"
+        ) from None
     if outside:
         raise CheckpointError(
             f"{where}, which lies outside the checkpoint directory {root} (after resolving '..' "
@@ -138,6 +174,13 @@ def _inside(root: Path, index: Path, tensor: str, shard: str) -> Path:
         )
     if candidate.suffix in PICKLE_SUFFIXES:
         raise CheckpointError(f"{where}, a pickle file. {CONVERT_ADVICE}")
+    if candidate.suffix == ".json" or candidate == resolve(index):
+        what = "the index itself" if candidate == resolve(index) else f"a JSON file ({candidate.name})"
+        raise CheckpointError(f"{where}, which is {what}, not a safetensors shard; fix the index")
+    if other is not None:
+        raise CheckpointError(
+            f"{where}, which is {other}, not a safetensors file; put the shard there or fix the index"
+        )
     if not present:
         raise CheckpointError(
             f"{where}, but that file is missing; the download is probably incomplete: "
@@ -223,20 +266,24 @@ def _tensor_table(shards: tuple[ShardHeader, ...]) -> dict[str, TensorInfo]:
 
 
 def _read_json(path: Path, *, required: bool) -> dict[str, Any]:
-    if not path.exists():
+    # A directory or FIFO (whose read would block forever), a dangling symlink or a loop is
+    # an error, not an absent file: a quantized checkpoint would load as unquantized.
+    if not regular_file(path, "a JSON file"):
         if required:
             raise CheckpointError(f"{path} is missing; re-download the checkpoint")
         return {}
-    if not path.is_file():  # a directory, or a FIFO that would block the read forever
-        raise CheckpointError(f"{path} is not a regular file; replace it with the JSON file it should be")
     try:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise CheckpointError(f"{path} is larger than {MAX_JSON_BYTES} bytes; it cannot be a real {path.name}")
-        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
-    # ValueError covers JSONDecodeError, integers too long to convert and duplicate keys
-    # (parsers disagree on which one wins); RecursionError
-    # a document nested thousands of levels deep.
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise path_error(exc, path) from None
+    try:
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys)
+    # ValueError covers JSONDecodeError, UnicodeDecodeError, integers too long to convert and
+    # duplicate keys (parsers disagree on which one wins); RecursionError a document nested
+    # thousands of levels deep.
+    except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc}); fix or re-download it") from None
     if not isinstance(data, dict):
         raise CheckpointError(
@@ -262,13 +309,17 @@ def _quant_config(directory: Path, config: dict[str, Any]) -> QuantConfig | None
                 f"{config_path}: {key}.quant_method must be a non-empty string such as 'fp8', got "
                 f"{method!r}; fix the config or re-export the checkpoint"
             )
+        _check_agreement(f"{config_path}:{key}", section, _modelopt_section(directory))
         return QuantConfig(method, section, f"{config_path}:{key}", config)
     return _modelopt_config(directory, config)
 
 
-def _modelopt_config(directory: Path, config: dict[str, Any]) -> QuantConfig | None:
-    path = directory / "hf_quant_config.json"
-    if not path.exists():
+MODELOPT_FILE = "hf_quant_config.json"
+
+
+def _modelopt_section(directory: Path) -> dict[str, Any] | None:
+    path = directory / MODELOPT_FILE
+    if not regular_file(path, "a JSON file"):
         return None
     section = _read_json(path, required=True).get("quantization")
     if not isinstance(section, dict):
@@ -276,4 +327,58 @@ def _modelopt_config(directory: Path, config: dict[str, Any]) -> QuantConfig | N
             f"{path}: expected a 'quantization' object (ModelOpt writes "
             '{"quantization": {"quant_algo": ..., "kv_cache_quant_algo": ...}}); fix or re-export it'
         )
-    return QuantConfig("modelopt", section, f"{path}:quantization", config)
+    return section
+
+
+def _modelopt_config(directory: Path, config: dict[str, Any]) -> QuantConfig | None:
+    section = _modelopt_section(directory)
+    if section is None:
+        return None
+    return QuantConfig("modelopt", section, f"{directory / MODELOPT_FILE}:quantization", config)
+
+
+def _check_agreement(source: str, section: dict[str, Any], modelopt: dict[str, Any] | None) -> None:
+    """config.json's quantization config and a ModelOpt ``hf_quant_config.json`` must not contradict.
+
+    ModelOpt writes both, saying the same. When they say different things (another method
+    in config.json, or another weight or KV algorithm), which one the tensors follow cannot
+    be known, so neither silently wins: ``QuantConfigError`` naming both files.
+    """
+    if modelopt is None or not any(modelopt.get(k) for k in ("quant_algo", "kv_cache_quant_algo")):
+        return  # no hf_quant_config.json, or one that declares no quantization
+    theirs = (
+        f"{MODELOPT_FILE} (quant_algo {modelopt.get('quant_algo')!r}, kv_cache_quant_algo "
+        f"{modelopt.get('kv_cache_quant_algo')!r})"
+    )
+    method = section.get("quant_method")
+    if method != "modelopt":
+        problem = f"{source} declares quant_method {method!r}, but {theirs} is a ModelOpt config"
+    else:
+        pairs = [
+            ("quant_algo", _algo(section.get("quant_algo")), _algo(modelopt.get("quant_algo"))),
+            ("KV cache algorithm", _kv_algo(section), _algo(modelopt.get("kv_cache_quant_algo"))),
+        ]
+        clash = [(what, a, b) for what, a, b in pairs if a is not None and b is not None and a != b]
+        if not clash:
+            return
+        what, ours, other = clash[0]
+        problem = f"{source} declares {what} {ours!r}, but {theirs} declares {other!r}"
+    raise QuantConfigError(
+        f"the checkpoint's two quantization configs disagree: {problem}. kvcore cannot tell which "
+        f"one the tensors follow; remove the stale file or make config.json and {MODELOPT_FILE} agree"
+    )
+
+
+def _algo(value: object) -> str | None:
+    return value.upper() if isinstance(value, str) and value else None
+
+
+def _kv_algo(section: dict[str, Any]) -> str | None:
+    """config.json's KV algorithm as ModelOpt names it: ``kv_cache_quant_algo`` or ``kv_cache_scheme``."""
+    named = _algo(section.get("kv_cache_quant_algo"))
+    if named is not None:
+        return named
+    scheme = section.get("kv_cache_scheme")
+    if isinstance(scheme, dict):
+        return "FP8" if scheme.get("type") == "float" and scheme.get("num_bits") == 8 else None
+    return _algo(scheme)

@@ -9,6 +9,7 @@ The JSON shapes are documented in docs/cli.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -24,6 +25,7 @@ from kvcore._errors import KvcoreError
 from kvcore._inspect import inspect_checkpoint
 from kvcore._plugins import get_plugin_manager, plugin_records
 from kvcore._render import render_demo, render_inspection, render_plugins
+from kvcore._show import printable
 from kvcore._table import Style
 
 __all__ = ["main"]
@@ -45,8 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("kvcore: error: choose a command: plugins, inspect or demo", file=sys.stderr)
         return 2
     handler = _attach_logging(args.verbose)
+    args.out = sys.stdout
     try:
-        with warnings.catch_warnings():
+        # Only results reach stdout: whatever plugins print (at import, in hooks) goes to
+        # stderr, so that --json output stays JSON.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
             # Every warning kvcore issues is also logged; showing both would say it twice.
             warnings.simplefilter("ignore")
             return args.run(args)
@@ -107,38 +112,44 @@ def _attach_logging(verbose: int) -> logging.Handler:
 
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return f"kvcore: {record.levelname.lower()}: {record.getMessage()}"
+        return f"kvcore: {record.levelname.lower()}: {printable(record.getMessage())}"
 
 
 def _emit(args: argparse.Namespace, data: object, human: Callable[[], str]) -> None:
     if args.json:
         # NaN / Infinity appear only in a scale an error anomaly already names (docs/cli.md).
-        print(json.dumps(data, indent=2))
+        print(json.dumps(data, indent=2), file=args.out)
     else:
-        print(human())
+        print(human(), file=args.out)
+    args.out.flush()
 
 
-def _style() -> Style:
-    return Style.for_stream(sys.stdout)
+def _style(args: argparse.Namespace) -> Style:
+    return Style.for_stream(args.out)
 
 
 def _plugins(args: argparse.Namespace) -> int:
     # strict=False: a broken plugin is what this command reports, never a reason to fail.
     records = list(plugin_records(get_plugin_manager(strict=False)).values())
     data = [{key: record.as_dict().get(key) for key in PLUGIN_KEYS} for record in records]
-    _emit(args, data, lambda: render_plugins(records, _style()))
+    _emit(args, data, lambda: render_plugins(records, _style(args)))
     return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
     result = inspect_checkpoint(args.checkpoint, tp_size=args.tp_size)
-    _emit(args, result.as_dict(), lambda: render_inspection(result, _style()))
+    _emit(args, result.as_dict(), lambda: render_inspection(result, _style(args)))
     return 1 if result.has_errors else 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     if args.dir is not None:
-        args.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            args.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # an existing file, no permission, a read-only file system
+            log.error("cannot use --dir %r: %s; name a directory kvcore may write to (it is created if "
+                      "missing)", str(args.dir), exc.strerror or exc)
+            return 2
         return _demo_in(args, args.dir, kept=True)
     with tempfile.TemporaryDirectory(prefix="kvcore-demo-") as tmp:
         return _demo_in(args, Path(tmp), kept=False)
@@ -149,5 +160,5 @@ def _demo_in(args: argparse.Namespace, directory: Path, *, kept: bool) -> int:
     hf = hf_demo()
     data = {"directory": str(directory), "kept": kept, "formats": [r.as_dict() for r in results], "transformers": hf}
     where = f"{directory}{'' if kept else ' (removed afterwards)'}"
-    _emit(args, data, lambda: f"{render_demo(results, where, _style())}\n\n{render_hf_demo(hf)}")
+    _emit(args, data, lambda: f"{render_demo(results, where, _style(args))}\n\n{render_hf_demo(hf)}")
     return 1 if any(r.status == "failed" for r in results) else 0

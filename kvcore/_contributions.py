@@ -3,23 +3,33 @@
 pluggy would call every implementation in one go and let the first exception abort the
 rest with no word of which plugin raised; kvcore calls each on its own, in plugin-name
 order, so that every fault and every conflict names the plugin (distribution and version).
+
+Plugins are contained: each call gets its own deep copy of the config (a plugin that edits
+what it receives changes nothing for the next one, nor the checkpoint's config); anything a
+hook raises (``SystemExit`` and other ``BaseException`` subclasses included, only
+``KeyboardInterrupt`` excepted) becomes a ``PluginError`` naming the plugin; what it prints
+goes to stderr; a returned mapper whose regex replacements are invalid, or whose own
+``map_name`` raises (:func:`plugin_map_name`), is a ``PluginError`` naming the plugin too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import re
+import sys
 from typing import Any
 
 import pluggy
 
 from kvcore._errors import KvcoreError, MapperConflictError, PluginError
-from kvcore._mapper import WeightsMapper
+from kvcore._mapper import ShardId, WeightsMapper
 from kvcore._meaning import ScaleMeaning
 from kvcore._plugins import plugin_records
 from kvcore._quant_config import QuantConfig
 
-__all__ = ["Contribution", "collect_mappers", "combine", "meaning_of"]
+__all__ = ["Contribution", "OwnThenPlugins", "collect_mappers", "combine", "meaning_of", "plugin_map_name"]
 
 HOOK = "get_cache_scale_mapper"
 MEANING_HOOK = "get_cache_scale_meaning"
@@ -59,14 +69,18 @@ def meaning_of(contributions: list[Contribution]) -> ScaleMeaning:
 
 def _call(impl: pluggy.HookImpl, label: str, quant_config: QuantConfig, hook: str, kind: type) -> Any:
     # Every argument the spec names; pluggy guarantees an implementation names no others.
-    kwargs: dict[str, Any] = {"quant_config": quant_config}
+    # Its own copy: what one plugin does to the dicts it receives, no other plugin sees.
+    kwargs: dict[str, Any] = {"quant_config": copy.deepcopy(quant_config)}
     where = quant_config.source or f"quant_method {quant_config.quant_method!r}"
     try:
-        result = impl.function(*(kwargs[name] for name in impl.argnames))
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries --json output
+            result = impl.function(*(kwargs[name] for name in impl.argnames))
     except KvcoreError as exc:
         # kvcore.load adds the file the config came from to a QuantConfigError.
         raise _cited(exc, f"plugin {label}: {exc}") from exc
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit, GeneratorExit...: a plugin may not end the process
         raise PluginError(
             f"plugin {label} raised {type(exc).__name__} in {hook} for {where}: {exc}. "
             f"Report this to the plugin's authors, or disable it with KVCORE_DISABLE_PLUGINS={impl.plugin_name}"
@@ -77,7 +91,38 @@ def _call(impl: pluggy.HookImpl, label: str, quant_config: QuantConfig, hook: st
             f"must return a kvcore.{kind.__name__} or None. Report this to the plugin's authors, or "
             f"disable it with KVCORE_DISABLE_PLUGINS={impl.plugin_name}"
         )
+    if isinstance(result, WeightsMapper):
+        _check_replacements(result, label, impl.plugin_name)
     return result
+
+
+def _check_replacements(mapper: WeightsMapper, label: str, plugin: str) -> None:
+    """Every regex rule's replacement is valid: ``re`` parses it before matching, even on ''."""
+    for pattern, target in mapper.orig_to_new_regex.items():
+        if target is None:
+            continue
+        try:
+            pattern.sub(target, "")
+        except (re.error, IndexError) as exc:
+            raise PluginError(
+                f"plugin {label} returned a mapper whose regex rule {pattern.pattern!r} -> {target!r} has an "
+                f"invalid replacement ({exc}). Report this to the plugin's authors, or disable it with "
+                f"KVCORE_DISABLE_PLUGINS={plugin}"
+            ) from None
+
+
+def plugin_map_name(contribution: Contribution, name: str) -> str | None:
+    """``contribution.mapper.map_name(name)``; whatever it raises is a ``PluginError`` naming the plugin."""
+    try:
+        return contribution.mapper.map_name(name)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a plugin's own map_name may fail in any way
+        raise PluginError(
+            f"plugin {contribution.label}'s mapper raised {type(exc).__name__} mapping checkpoint tensor "
+            f"{name!r}: {exc}. Report this to the plugin's authors, or disable it with "
+            f"KVCORE_DISABLE_PLUGINS={contribution.plugin}"
+        ) from exc
 
 
 def _cited(exc: KvcoreError, message: str) -> KvcoreError:
@@ -91,14 +136,54 @@ def _cited(exc: KvcoreError, message: str) -> KvcoreError:
 
 
 def combine(base: WeightsMapper, contributions: list[Contribution]) -> WeightsMapper:
-    """``base | c1 | c2 | ...``; a conflict names both contributors."""
+    """``base | c1 | c2 | ...``; a conflict names both contributors.
+
+    A ``base`` that maps names its own way (a ``WeightsMapper`` subclass overriding
+    ``map_name``) keeps it: ``|`` builds a plain ``WeightsMapper`` of rules, which would drop
+    it as soon as a plugin contributes. The result is then ``base.map_name`` first, and the
+    plugins' ORed rules on what it returns (:class:`OwnThenPlugins`).
+    """
     combined = base
     for i, contribution in enumerate(contributions):
         try:
             combined = combined | contribution.mapper
         except MapperConflictError as exc:
             raise _attributed(exc, contributions[:i], contribution) from None
+    if contributions and type(base).map_name is not WeightsMapper.map_name:
+        plugins = WeightsMapper()
+        for contribution in contributions:
+            plugins = plugins | contribution.mapper  # no conflict: the loop above checked them all
+        return OwnThenPlugins(base, plugins)
     return combined
+
+
+class OwnThenPlugins(WeightsMapper):
+    """A model's own mapper with a custom ``map_name``, then the plugins' rules.
+
+    Its rule fields are the plugins'; ``own`` (the model's mapper, whatever its class) renames
+    each name first. ``None`` from ``own`` drops the weight.
+    """
+
+    own: WeightsMapper
+    plugins: WeightsMapper
+
+    def __init__(self, own: WeightsMapper, plugins: WeightsMapper) -> None:
+        super().__init__(**{f.name: getattr(plugins, f.name) for f in dataclasses.fields(plugins)})
+        object.__setattr__(self, "own", own)
+        object.__setattr__(self, "plugins", plugins)  # a plain mapper: its methods do not call back here
+        object.__setattr__(self, "_scale_meaning", plugins.scale_meaning)
+
+    def map_name(self, name: str) -> str | None:
+        mapped = self.own.map_name(name)
+        return None if mapped is None else self.plugins.map_name(mapped)
+
+    def map_packed(self, name: str) -> tuple[str | None, ShardId | None]:
+        mapped = self.own.map_name(name)
+        return (None, None) if mapped is None else self.plugins.map_packed(mapped)
+
+    def _map_unpacked(self, name: str) -> str | None:
+        mapped = self.own.map_name(name)
+        return None if mapped is None else self.plugins._map_unpacked(mapped)
 
 
 def _attributed(

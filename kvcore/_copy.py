@@ -40,6 +40,7 @@ from kvcore._errors import CheckpointError, WeightLoadError
 from kvcore._file_tensor import FileTensor
 from kvcore._plan import Copy, loader_args
 from kvcore._safetensors import DTYPES, TensorInfo, check_unchanged
+from kvcore._show import shown
 
 __all__ = ["copy_all"]
 
@@ -444,7 +445,7 @@ def _interrupted(exc: Exception, log: _Log) -> CheckpointError | WeightLoadError
         if current
         else "the first tensor"
     )
-    done = ", ".join(sorted(written)[:20]) + (" ..." if len(written) > 20 else "")
+    done = ", ".join(map(shown, sorted(written)[:20])) + (" ..." if len(written) > 20 else "")
     partly = "".join(f"; {name!r} may be partly written" for name in list(log.touched)[:20])
     changed = frozenset(written | set(log.touched))
     advice = (

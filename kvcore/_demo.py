@@ -13,7 +13,7 @@ import pluggy
 import torch
 
 from kvcore._checkpoint import read_checkpoint
-from kvcore._contributions import Contribution, collect_mappers
+from kvcore._contributions import Contribution, collect_mappers, plugin_map_name
 from kvcore._demo_formats import FORMATS, DemoFormat
 from kvcore._errors import KvcoreError
 from kvcore._load import load, plugin_mappers
@@ -106,8 +106,8 @@ def _mapped_by(source: str, target: str, contributions: list[Contribution]) -> s
     """The plugin whose rules alone send ``source`` to ``target`` (else one that renames it)."""
     if source == "default":
         return None
-    exact = [c.plugin for c in contributions if c.mapper.map_name(source) == target]
-    renaming = [c.plugin for c in contributions if c.mapper.map_name(source) != source]
+    exact = [c.plugin for c in contributions if plugin_map_name(c, source) == target]
+    renaming = [c.plugin for c in contributions if plugin_map_name(c, source) != source]
     found = exact or renaming
     return found[0] if found else None
 

@@ -11,6 +11,7 @@ from kvcore._interpret import interpret
 from kvcore._meaning import ScaleMeaning
 from kvcore._plan import ScaleValue
 from kvcore._scale_param import DEFAULTED, NOT_LOADED, store_scale
+from kvcore._show import shown
 from kvcore._warn import warn
 
 __all__ = ["DEFAULT", "fill_k_v", "final_values", "finalise_all", "finalise_module", "loaded_scales"]
@@ -45,7 +46,7 @@ def finalise_all(
 
 
 def _layers(names: list[str]) -> str:
-    return f"{len(names)} attention layer(s): {', '.join(names)}"
+    return f"{len(names)} attention layer(s): {', '.join(map(shown, names))}"
 
 
 def finalise_module(

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from kvcore._checkpoint import Checkpoint, read_checkpoint
-from kvcore._contributions import Contribution, combine, meaning_of
+from kvcore._contributions import Contribution, combine, meaning_of, plugin_map_name
 from kvcore._errors import KvcoreError
 from kvcore._inspect_checks import Findings, check_layers, check_value, is_scale_like, layer_pattern
 from kvcore._inspect_tp import TensorParallel, split_heads
@@ -22,6 +22,7 @@ from kvcore._load import check_name_conflicts, plugin_mappers
 from kvcore._mapper import WeightsMapper
 from kvcore._meaning import ScaleMeaning
 from kvcore._safetensors import TensorInfo, read_tensor
+from kvcore._show import quoted
 from kvcore._table import natural_key
 
 __all__ = ["Anomaly", "Inspection", "ScaleEntry", "inspect_checkpoint"]
@@ -210,7 +211,7 @@ def _scale_entry(
     value = _read_flat(info)
     check_value(info, target, value, heads, findings)
     shown: float | list[float] = value.tolist() if value.numel() != 1 else float(value[0])
-    plugins = [c.plugin for c in contributions if c.mapper.map_name(info.name) != info.name]
+    plugins = [c.plugin for c in contributions if plugin_map_name(c, info.name) != info.name]
     return ScaleEntry(info.name, target, list(info.shape), info.dtype, shown, plugins)
 
 
@@ -226,7 +227,7 @@ def _zero_point(info: TensorInfo, findings: Findings) -> None:
         shown = [v for v in value.tolist()[:8] if not math.isnan(v)] or value.tolist()[:8]
         findings.add(
             "warning",
-            f"{info.name} holds non-zero zero points ({shown}): the KV cache is asymmetric (int8). "
+            f"{quoted(info.name)} holds non-zero zero points ({shown}): the KV cache is asymmetric (int8). "
             "kvcore.load refuses it unless the model's attention has a parameter for it; it is "
             "never loaded as if symmetric",
         )

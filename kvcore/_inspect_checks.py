@@ -10,6 +10,7 @@ from typing import Protocol, TypeVar
 import torch
 
 from kvcore._safetensors import TensorInfo
+from kvcore._show import shown
 
 __all__ = ["HIGH", "LOW", "Findings", "check_layers", "check_value", "is_scale_like", "layer_pattern"]
 
@@ -51,9 +52,9 @@ class Findings:
 def describe(names: list[str]) -> str:
     """A few names in full; many as their layer pattern, a count and the first one."""
     if len(names) <= 4:
-        return ", ".join(names)
-    patterns = list(dict.fromkeys(layer_pattern(n) for n in names))
-    return f"{', '.join(patterns)} ({len(names)} tensors, e.g. {names[0]})"
+        return ", ".join(map(shown, names))
+    patterns = list(dict.fromkeys(shown(layer_pattern(n)) for n in names))
+    return f"{', '.join(patterns)} ({len(names)} tensors, e.g. {shown(names[0])})"
 
 
 def layer_pattern(name: str) -> str:
@@ -75,7 +76,7 @@ def check_value(
     findings: Findings,
 ) -> None:
     """Shape, dtype and value rules of one KV-cache scale (the same ones a load enforces)."""
-    where = f"{info.name} (-> {target})"
+    where = f"{shown(info.name)} (-> {shown(target)})"
     if info.numel != 1 and info.numel != heads:
         expected = f"or num_key_value_heads={heads} (config.json) " if heads else ""
         findings.add("error", f"{where} has shape {list(info.shape)}: a KV-cache scale has one element "
@@ -84,16 +85,16 @@ def check_value(
         findings.add("error", f"{where} has dtype {info.dtype}; a KV-cache scale must be floating point")
     if not value.numel():
         return
-    shown = _shown(value)
+    text = _shown(value)
     for problem, bad in (("NaN", torch.isnan(value)), ("an infinite value", torch.isinf(value)),
                          ("zero", value == 0), ("a negative value", value < 0)):
         if bool(bad.any()):
-            findings.add("error", f"{where} holds {problem} ({shown}): a KV-cache scale must be a finite "
+            findings.add("error", f"{where} holds {problem} ({text}): a KV-cache scale must be a finite "
                                   "positive number, and kvcore.load refuses it. The quantization tool "
                                   "probably saved an uninitialised scale: re-export the checkpoint")
             return
     if bool((value < LOW).any()) or bool((value > HIGH).any()):
-        findings.add("warning", f"{where} = {shown} is implausible for amax / 448 (expected between {LOW:g} "
+        findings.add("warning", f"{where} = {text} is implausible for amax / 448 (expected between {LOW:g} "
                                 f"and {HIGH:g}); probably an uninitialised or mis-calibrated value. Check the "
                                 "calibration before serving with it")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from kvcore._checkpoint import Checkpoint, read_checkpoint
-from kvcore._contributions import Contribution, collect_mappers, combine, meaning_of
+from kvcore._contributions import Contribution, collect_mappers, combine, meaning_of, plugin_map_name
 from kvcore._copy import copy_all
 from kvcore._errors import MapperConflictError, QuantConfigError, WeightLoadError
 from kvcore._finalise import finalise_all
@@ -22,6 +22,7 @@ from kvcore._plugins import get_plugin_manager, plugin_records
 from kvcore._progress import default_progress
 from kvcore._report import LoadReport
 from kvcore._safetensors import check_shards_unchanged
+from kvcore._show import shown
 from kvcore._targets import Target, attention_modules, model_targets
 from kvcore._warn import warn
 
@@ -45,7 +46,9 @@ def load(
 ) -> LoadReport:
     """Load every tensor of ``checkpoint`` into ``model`` and finalise its KV-cache scales.
 
-    The plugins' mappers are ORed into ``mapper`` (the model's own). Every check that the
+    The plugins' mappers are ORed into ``mapper`` (the model's own). A ``WeightsMapper``
+    subclass with its own ``map_name`` keeps it: its ``map_name`` runs first, then the
+    plugins' rules on what it returns. Every check that the
     headers, configs and scale values allow runs before the first parameter is written.
     ``strict=True`` refuses unexpected tensors, missing parameters (KV-cache scales
     excepted) and a quantization method no plugin handles; ``strict=False`` reports them.
@@ -133,7 +136,7 @@ def check_name_conflicts(names: Iterable[str], contributions: list[Contribution]
     for name in names:
         claims: dict[str, Contribution] = {}
         for contribution in contributions:
-            mapped = contribution.mapper.map_name(name)
+            mapped = plugin_map_name(contribution, name)
             if mapped is None or mapped == name:
                 continue
             for other_target, other in claims.items():
@@ -167,7 +170,7 @@ def _settle_strictness(plan: Plan, strict: bool, ckpt: Checkpoint, targets: Mapp
     if plan.missing:
         lines.append(f"{len(plan.missing)} model parameter(s) are not in the checkpoint {ckpt.directory}:")
         lines += [
-            f"  {name}{_absent(plan, name)}{suggest(name, plan.unexpected if i < SUGGESTIONS else [])}"
+            f"  {shown(name)}{_absent(plan, name)}{suggest(name, plan.unexpected if i < SUGGESTIONS else [])}"
             for i, name in enumerate(plan.missing)
         ]
     if strict:
@@ -196,8 +199,8 @@ def _advice(plan: Plan, targets: Mapping[str, Target]) -> str:
 
 
 def _unexpected_line(ckpt: Checkpoint, name: str, mapped: str, targets: list[str]) -> str:
-    shown = name if mapped == name else f"{name} (mapped to {mapped})"
-    return f"  {shown} in {ckpt.tensors[name].path.name}{suggest(mapped, targets)}"
+    where = shown(name) if mapped == name else f"{shown(name)} (mapped to {shown(mapped)})"
+    return f"  {where} in {shown(ckpt.tensors[name].path.name)}{suggest(mapped, targets)}"
 
 
 def _finalise(

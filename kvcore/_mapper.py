@@ -148,8 +148,11 @@ def _literal_tail(pattern: Pattern) -> str:
     """The literal text every match of an end-anchored ``pattern`` ends with ('' if unknown).
 
     Read backwards from a final unescaped ``$``: plain characters and escaped punctuation
-    (``\\.``) are literal; anything else (a class, a quantifier, a group) ends the tail.
-    Patterns with ``|`` or flags that change ``$`` or case give ''.
+    (``\\.``) are literal; a special character (a class, a quantifier, a group) ends the tail.
+    An escaped letter or digit makes the tail unknown (''): read backwards, the characters
+    of a numeric escape (``\\x2e``, ``\\056``, ``\\u002e``) look like plain ones, so a tail
+    read across one would be wrong and the rule would silently never apply. Patterns with
+    ``|`` or flags that change ``$`` or case give ''.
     """
     text = pattern.pattern
     if not isinstance(text, str) or "|" in text or pattern.flags & (re.IGNORECASE | re.MULTILINE | re.VERBOSE):
@@ -160,7 +163,7 @@ def _literal_tail(pattern: Pattern) -> str:
     while i >= 0:
         char, escaped = text[i], _escaped(text, i)
         if escaped and (char.isalnum() or char == "_"):
-            break  # \d, \b, \1 ...: not a literal
+            return ""  # \d, \1, \x2e, \056, \u002e ...: what precedes it may be part of the escape
         if not escaped and char in _SPECIAL:
             break
         tail.append(char)

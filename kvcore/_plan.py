@@ -387,8 +387,13 @@ MAX_SCALE_VALUES = 1 << 16
 
 def _scale(info: TensorInfo, target: Target, par: Parallel) -> ScaleValue:
     where = _where(info, target.name)
+    heads = getattr(target.module, "num_kv_heads", None)
+    if info.numel == 0:  # not even a per-head scale, whatever the attention's head count says
+        raise WeightLoadError(
+            f"{where} has shape {list(info.shape)}, with no element: a KV-cache scale has one element "
+            f"(per-tensor) or one per KV head (num_kv_heads={heads}); re-export the checkpoint"
+        )
     if info.numel > MAX_SCALE_VALUES:
-        heads = getattr(target.module, "num_kv_heads", None)
         raise WeightLoadError(
             f"{where} has shape {list(info.shape)}: a KV-cache scale has one element (per-tensor) "
             f"or one per KV head (this attention has num_kv_heads={heads}). Re-export the checkpoint"

@@ -15,8 +15,10 @@ filesystem order; kvcore owns the loop instead:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import sys
 import threading
 from typing import Any
 
@@ -121,7 +123,9 @@ def get_plugin_manager(
     with _lock:
         pm = _managers.get(selection)
         if pm is None:
-            pm = _managers[selection] = _build(selection)
+            # What plugins print when imported goes to stderr: stdout may carry JSON (--json).
+            with contextlib.redirect_stdout(sys.stderr):
+                pm = _managers[selection] = _build(selection)
         return pm
 
 
@@ -217,7 +221,9 @@ def _load(pm: _Manager, entry: _Entry, record: PluginRecord, selection: PluginSe
         return
     try:
         register_plugin(pm, entry.load(), entry.name)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - third-party code may fail in any way
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - third-party code may fail in any way, SystemExit included
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
         _fail(
             f"plugin {record.label} (module {record.module}) failed to load and is skipped: "

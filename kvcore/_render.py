@@ -8,6 +8,7 @@ from kvcore._demo import DemoResult
 from kvcore._inspect import Anomaly, Inspection
 from kvcore._inspect_tp import TensorParallel
 from kvcore._plugins import PluginRecord
+from kvcore._show import printable, shown
 from kvcore._table import Style, render_table
 
 __all__ = ["fmt_value", "render_demo", "render_inspection", "render_plugins"]
@@ -36,21 +37,21 @@ def render_plugins(records: Sequence[PluginRecord], style: Style) -> str:
     lines = [render_table(["plugin", "distribution", "version", "status", "hooks", "module"], rows, style, colours)]
     for r in records:
         if r.error:
-            lines.append(f"{style(r.name, STATUS_COLOURS.get(r.status))}: {r.error}")
+            lines.append(f"{style(shown(r.name), STATUS_COLOURS.get(r.status))}: {printable(r.error)}")
     return "\n".join(lines)
 
 
 def render_inspection(result: Inspection, style: Style) -> str:
     """Header, per-layer scale table, anomalies."""
     plugins = ", ".join(result.plugin_labels.get(p, p) for p in result.plugins) or "none"
-    head = render_table(["checkpoint", result.checkpoint],
+    head = render_table(["checkpoint", shown(result.checkpoint)],
                         [["quant method", result.quant_method or "none (unquantized)"], ["plugins", plugins]])
     parts = [head, ""]
     rows: list[list[str]] = []
     for layer, scales in result.layers.items():
         for i, (scale, entry) in enumerate(scales.items()):
-            rows.append([layer if i == 0 else "", scale, fmt_value(entry.value), str(entry.shape), entry.dtype,
-                         entry.tensor, ", ".join(entry.plugins) or "-"])
+            rows.append([shown(layer) if i == 0 else "", scale, fmt_value(entry.value), str(entry.shape), entry.dtype,
+                         shown(entry.tensor), ", ".join(entry.plugins) or "-"])
     if rows:
         parts.append(render_table(["layer", "scale", "value", "shape", "dtype", "tensor", "plugin"], rows, style))
     else:
@@ -84,7 +85,7 @@ def _anomalies(anomalies: Sequence[Anomaly], style: Style) -> str:
         return style("no anomalies", "green")
     lines = ["anomalies:"]
     for a in anomalies:
-        lines.append(f"  {style(a.level.ljust(7), LEVEL_COLOURS.get(a.level))}  {a.message}")
+        lines.append(f"  {style(a.level.ljust(7), LEVEL_COLOURS.get(a.level))}  {printable(a.message)}")
     return "\n".join(lines)
 
 

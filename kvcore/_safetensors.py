@@ -251,8 +251,12 @@ def _entries_in_bulk(
     if set(map(type, counts)) - {int} or set(map(type, bounds)) - {int} or min(counts + bounds, default=0) < 0:
         return None
     begins, ends = bounds[0::2], bounds[1::2]
-    needed = list(map(operator.mul, map(math.prod, shapes), map(ITEMSIZES.__getitem__, dtypes)))
+    numels = list(map(math.prod, shapes))
+    needed = list(map(operator.mul, numels, map(ITEMSIZES.__getitem__, dtypes)))
     if list(map(operator.sub, ends, begins)) != needed:  # also rules out end < begin
+        return None
+    # A tensor with data is bounded by its file; an empty one's other dims by nothing.
+    if 0 in numels and not all(map(_indexable, compress(shapes, map(operator.not_, numels)))):
         return None
     starts = map(data_start.__add__, begins)
     stops = map(data_start.__add__, ends)
@@ -270,6 +274,12 @@ def _entry(path: Path, name: str, spec: Any, data_start: int, stamp: FileStamp) 
         raise _bad(path, f"tensor {name!r} has shape {shape!r}; a shape is a list of non-negative integers")
     if not (isinstance(offsets, list) and len(offsets) == 2 and _all_counts(offsets)):
         raise _bad(path, f"tensor {name!r} has data_offsets {offsets!r}; expected [begin, end]")
+    if not _indexable(shape):
+        raise _bad(
+            path,
+            f"tensor {name!r} has shape {shape}, whose dimensions multiply to 2^63 or more "
+            "(counting 0 as 1): no tensor can have that shape",
+        )
     begin, end = offsets
     if begin > end:
         raise _bad(path, f"tensor {name!r} has data_offsets {offsets!r}, which end before they begin")
@@ -280,6 +290,15 @@ def _entry(path: Path, name: str, spec: Any, data_start: int, stamp: FileStamp) 
             f"tensor {name!r} spans {end - begin} bytes but dtype {dtype} x shape {shape} needs {expected}",
         )
     return TensorInfo(name, path, dtype, tuple(shape), data_start + begin, data_start + end, stamp)
+
+
+_MAX_ELEMENTS = 1 << 63
+"""torch sizes and strides are signed 64-bit: a shape whose dims multiply past this overflows."""
+
+
+def _indexable(shape: list[int]) -> bool:
+    """The shape fits torch: its dims (0 counted as 1, as strides count it) multiply to below 2^63."""
+    return math.prod(map(max, shape, repeat(1))) < _MAX_ELEMENTS
 
 
 def _all_counts(values: list[Any]) -> bool:

@@ -50,7 +50,7 @@ class KVCacheScaleParameter(torch.nn.Parameter):
 
 def load_scale(param: torch.Tensor, loaded: torch.Tensor, heads: int | None, where: str) -> None:
     """Store a per-tensor (one element) or per-head (``heads`` elements) scale, checked, as float32."""
-    if loaded.numel() != 1 and loaded.numel() != heads:
+    if loaded.numel() != 1 and (loaded.numel() != heads or not heads):
         raise WeightLoadError(
             f"{where} has shape {list(loaded.shape)}: a KV-cache scale has one element (per-tensor) "
             f"or num_kv_heads={heads} elements (per-head). Build the attention with this rank's "

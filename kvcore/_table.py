@@ -11,6 +11,8 @@ import re
 from collections.abc import Sequence
 from typing import TextIO
 
+from kvcore._show import printable
+
 __all__ = ["Style", "natural_key", "render_table"]
 
 _CODES = {"red": "31", "yellow": "33", "green": "32", "cyan": "36", "dim": "2", "bold": "1"}
@@ -43,6 +45,8 @@ def render_table(
 ) -> str:
     """Left-aligned columns two spaces apart; ``colours[i][j]`` colours cell ``rows[i][j]``."""
     style = style or Style(False)
+    # No cell may carry a control character to the terminal (kvcore._show).
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
@@ -58,5 +62,9 @@ def _line(cells: Sequence[str], widths: list[int], colours: Sequence[str | None]
 
 
 def natural_key(name: str) -> tuple[object, ...]:
-    """Sort ``layers.2`` before ``layers.10``."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+    r"""Sort ``layers.2`` before ``layers.10``.
+
+    ``\d`` matches exactly the characters ``str.isdecimal`` accepts, which ``int`` reads;
+    ``isdigit`` would also accept ``'²'``, which ``int`` refuses.
+    """
+    return tuple(int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", name))

@@ -81,8 +81,18 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
     return found
 
 
-def attempt(sources: Sources, name: str, sharded: bool, strict: bool, mutate: Mutation) -> None:
-    """Load a damaged copy of a genuine checkpoint; only ``KvcoreError`` may escape, harmlessly."""
+def attempt(
+    sources: Sources,
+    name: str,
+    sharded: bool,
+    strict: bool,
+    mutate: Mutation,
+    check_message: Callable[[str], None] | None = None,
+) -> None:
+    """Load a damaged copy of a genuine checkpoint; only ``KvcoreError`` may escape, harmlessly.
+
+    ``check_message`` also judges the error's message, when there is one.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / "ckpt"
         shutil.copytree(sources[name, sharded], directory)
@@ -94,7 +104,9 @@ def attempt(sources: Sources, name: str, sharded: bool, strict: bool, mutate: Mu
                 warnings.simplefilter("ignore")  # strict=False warns about what it skips
                 kvcore.load(model, directory, strict=strict)
         except kvcore.KvcoreError as exc:
-            assert changed(model, before) == set(), f"{type(exc).__name__} after writing: {exc}"
+            assert changed(model, before) == set(), f"{type(exc).__name__} after writing: {exc!r}"
+            if check_message is not None:
+                check_message(str(exc))
 
 
 def _shard(directory: Path, sharded: bool, second: bool) -> Path:
@@ -293,3 +305,148 @@ def test_random_index(sources: Sources, strict: bool, name: str, edits: int, dat
         (directory / INDEX).write_text(json.dumps(index))
 
     attempt(sources, name, True, strict, mutate)
+
+
+# Hostile names and dimensions (issue 14): a name piece may be a Unicode digit (``'²'.isdigit()``
+# but ``int('²')`` fails), a lone surrogate, an escape sequence, a newline or a bidi override; a
+# zero-element tensor may carry dimensions of 2^63 and beyond. Loading and inspecting must give
+# a KvcoreError or a result, and no name may reach a message or the output unescaped.
+NAME_PIECES = st.sampled_from([
+    "²", "\u0661\u0662", "\ud800", "\udfff", "\x1b[2J", "\x1b]0;x\x07", "\n", "\r", "\x00", "\u202e", "\\", "'",
+    '"', "k_scale", "v_scale", "q_scale", ".", "attn", "self_attn", "0", "1", "layers",
+])
+HOSTILE_NAMES = st.lists(NAME_PIECES | st.text(max_size=3), min_size=1, max_size=8).map("".join)
+HUGE_DIMS = st.lists(st.sampled_from([0, 1, 7, 2**31, 2**32, 2**62, 2**63 - 1, 2**63, 2**64, 2**100]), max_size=4)
+NAME_EDITS = ["rename", "component", "add-empty", "dims", "dims"]
+CONTROL = ("\x1b", "\x07", "\u202e")
+
+
+def _hostile_edit(header: dict[str, Any], renamed: dict[str, str], data: st.DataObject) -> None:
+    names = sorted(n for n in header if n != "__metadata__")
+    kind = data.draw(st.sampled_from(NAME_EDITS))
+    victim = data.draw(st.sampled_from(names)) if names else None
+    if kind == "add-empty" or victim is None:
+        dtype = data.draw(st.sampled_from(["F32", "BF16", "I8"]))
+        header[data.draw(HOSTILE_NAMES)] = {"dtype": dtype, "shape": [0, *data.draw(HUGE_DIMS)], "data_offsets": [0, 0]}
+    elif kind == "dims":
+        entry = header[victim]
+        start = entry["data_offsets"][0] if isinstance(entry, dict) and "data_offsets" in entry else 0
+        header[victim] = {**entry, "shape": [*data.draw(HUGE_DIMS), 0], "data_offsets": [start, start]}
+    else:
+        parts = victim.split(".")
+        if kind == "component":
+            parts[data.draw(st.integers(0, len(parts) - 1))] = data.draw(HOSTILE_NAMES)
+            new = ".".join(parts)
+        else:
+            new = data.draw(HOSTILE_NAMES)
+        if new not in header:
+            header[new] = header.pop(victim)
+            renamed[victim] = new
+
+
+def _clean(text: str) -> None:
+    """Text for a person: encodable, and free of terminal control characters."""
+    text.encode("utf-8")
+    assert not any(c in text for c in CONTROL), repr(text)
+
+
+def _inspect_cleanly(directory: Path) -> None:
+    from kvcore._inspect import inspect_checkpoint
+    from kvcore._render import render_inspection
+    from kvcore._table import Style
+
+    try:
+        result = inspect_checkpoint(directory)
+    except kvcore.KvcoreError as exc:
+        _clean(str(exc))
+        return
+    _clean(render_inspection(result, Style(False)))
+    json.dumps(result.as_dict())
+
+
+@FUZZ
+@given(**common, second=st.booleans(), edits=st.integers(1, 3), data=st.data())
+def test_hostile_names_and_dimensions(
+    sources: Sources, name: str, sharded: bool, strict: bool, second: bool, edits: int, data: st.DataObject
+) -> None:
+    def mutate(directory: Path) -> None:
+        path = _shard(directory, sharded, second)
+        header, tensor_bytes = header_of(path)
+        renamed: dict[str, str] = {}
+        for _ in range(edits):
+            _hostile_edit(header, renamed, data)
+        _write_header(path, header, tensor_bytes)
+        if sharded and renamed:  # keep the index in step, so that the load gets past it
+            index = json.loads((directory / INDEX).read_text())
+            for old, new in renamed.items():
+                if old in index["weight_map"]:
+                    index["weight_map"][new] = index["weight_map"].pop(old)
+            (directory / INDEX).write_text(json.dumps(index))
+        _inspect_cleanly(directory)
+
+    attempt(sources, name, sharded, strict, mutate, check_message=_clean)
+
+
+# Plugin faults: a plugin's hook raises anything (SystemExit and BaseException subclasses
+# included), returns garbage, edits the config it receives, prints, or returns a mapper that
+# fails when used. Only KvcoreError may escape a load, nothing may reach stdout, and an error
+# leaves the model untouched.
+class _Boom(BaseException):
+    pass
+
+
+class _RaisingMapper(kvcore.WeightsMapper):
+    def map_name(self, name: str) -> str | None:
+        raise ValueError(f"cannot map {name}")
+
+
+FAULTS = ["KeyError", "SystemExit", "BaseException", "int", "dict", "mutate", "print", "bad-group",
+          "raising-mapper", "none", "empty-mapper"]
+
+
+class _FaultyPlugin:
+    def __init__(self, fault: str) -> None:
+        self.fault = fault
+
+    @kvcore.hookimpl
+    def get_cache_scale_mapper(self, quant_config: Any) -> Any:
+        fault = self.fault
+        if fault == "KeyError":
+            raise KeyError("kv_cache_scheme")
+        if fault == "SystemExit":
+            raise SystemExit(0)
+        if fault == "BaseException":
+            raise _Boom("boom")
+        if fault == "mutate":
+            quant_config.raw.clear()
+            quant_config.model_config.clear()
+            return None
+        if fault == "print":
+            print("a plugin printing to stdout")
+            return None
+        return {
+            "int": 42,
+            "dict": {"k_scale": "attn.k_scale"},
+            "bad-group": kvcore.WeightsMapper(orig_to_new_regex={r"\.k_scale$": r".attn.\9"}),
+            "raising-mapper": _RaisingMapper(),
+            "none": None,
+            "empty-mapper": kvcore.WeightsMapper(),
+        }[fault]
+
+
+@FUZZ
+@given(name=st.sampled_from(sorted(MODELS)), strict=st.booleans(),
+       faults=st.lists(st.sampled_from(FAULTS), min_size=1, max_size=3))
+def test_plugin_faults(sources: Sources, name: str, strict: bool, faults: list[str]) -> None:
+    import contextlib
+    import io
+
+    from kvcore.testing import registered_plugin
+
+    stdout = io.StringIO()
+    with contextlib.ExitStack() as stack:
+        for i, fault in enumerate(faults):
+            stack.enter_context(registered_plugin(_FaultyPlugin(fault), f"fuzz-fault-{i}"))
+        with contextlib.redirect_stdout(stdout):
+            attempt(sources, name, False, strict, lambda _: None, check_message=_clean)
+    assert stdout.getvalue() == ""
