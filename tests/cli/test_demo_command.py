@@ -126,3 +126,10 @@ def test_the_transformers_run_compares_a_bf16_and_kvcores_fp8_cache(demo: tuple[
     assert run["bytes_per_token"]["fp8"] * 2 == run["bytes_per_token"]["bf16"]
     # the fp8 cache changes the logits, but by far less than their size
     assert 0 < run["max_logit_difference"] < run["max_logit"] / 4
+
+
+def test_the_transformers_run_is_skipped_not_failed_without_its_plugin(run_script, cli: SimpleNamespace) -> None:
+    result = run_script("demo", "--json", env=cli.base_env(KVCORE_DISABLE_PLUGINS="compressed-tensors"))
+    assert result.returncode == 0, result.stderr
+    assert cli.as_json(result)["transformers"] is None
+    assert "transformers run was skipped" in result.stderr
