@@ -17,12 +17,13 @@ from kvcore._gc import paused_gc
 from kvcore._mapper import WeightsMapper
 from kvcore._naming import ATTENTION_LEAVES
 from kvcore._parallel import Parallel
-from kvcore._plan import Plan, build_plan, suggest
+from kvcore._plan import Plan, build_plan
 from kvcore._plugins import get_plugin_manager, plugin_records
 from kvcore._progress import default_progress
 from kvcore._report import LoadReport
 from kvcore._safetensors import check_shards_unchanged
 from kvcore._show import shown
+from kvcore._suggest import Suggester
 from kvcore._targets import Target, attention_modules, model_targets
 from kvcore._warn import warn
 
@@ -153,24 +154,26 @@ def check_name_conflicts(names: Iterable[str], contributions: list[Contribution]
 
 
 SUGGESTIONS = 20
-"""Names that get a close-match suggestion: each costs a fuzzy match against every candidate,
-and a checkpoint for the wrong model can have 10^5 offenders."""
+"""Names that get a close-match suggestion (each compared with a bounded number of candidates,
+see kvcore._suggest): a checkpoint for the wrong model can have 10^5 offenders."""
 
 
 def _settle_strictness(plan: Plan, strict: bool, ckpt: Checkpoint, targets: Mapping[str, Target]) -> None:
     if not plan.unexpected and not plan.missing:
         return
-    names, lines = list(targets), []
+    lines: list[str] = []
     if plan.unexpected:
+        parameters = Suggester(targets)
         lines.append(f"{len(plan.unexpected)} checkpoint tensor(s) match no model parameter:")
         lines += [
-            _unexpected_line(ckpt, name, plan.renamed[name], names if i < SUGGESTIONS else [])
+            _unexpected_line(ckpt, name, plan.renamed[name], parameters if i < SUGGESTIONS else None)
             for i, name in enumerate(plan.unexpected)
         ]
     if plan.missing:
+        tensors = Suggester(plan.unexpected)
         lines.append(f"{len(plan.missing)} model parameter(s) are not in the checkpoint {ckpt.directory}:")
         lines += [
-            f"  {shown(name)}{_absent(plan, name)}{suggest(name, plan.unexpected if i < SUGGESTIONS else [])}"
+            f"  {shown(name)}{_absent(plan, name)}{tensors(name) if i < SUGGESTIONS else ''}"
             for i, name in enumerate(plan.missing)
         ]
     if strict:
@@ -198,9 +201,10 @@ def _advice(plan: Plan, targets: Mapping[str, Target]) -> str:
     return "Pass a mapper that renames these tensors, or strict=False to load the rest"
 
 
-def _unexpected_line(ckpt: Checkpoint, name: str, mapped: str, targets: list[str]) -> str:
+def _unexpected_line(ckpt: Checkpoint, name: str, mapped: str, parameters: Suggester | None) -> str:
     where = shown(name) if mapped == name else f"{shown(name)} (mapped to {shown(mapped)})"
-    return f"  {where} in {shown(ckpt.tensors[name].path.name)}{suggest(mapped, targets)}"
+    hint = parameters(mapped) if parameters is not None else ""
+    return f"  {where} in {shown(ckpt.tensors[name].path.name)}{hint}"
 
 
 def _finalise(

@@ -7,7 +7,6 @@ is touched until the plan is complete.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import inspect
 import operator
@@ -24,6 +23,7 @@ from kvcore._naming import ZERO_POINT_NAMES, Naming, shard_loader_error
 from kvcore._parallel import SINGLE, Parallel, Part, rank_part, rank_scale
 from kvcore._safetensors import DTYPES, TensorInfo, read_tensor
 from kvcore._scale_param import check_scale_value
+from kvcore._suggest import Suggester
 from kvcore._targets import Target, attention_modules
 
 __all__ = ["Copy", "Plan", "ScaleValue", "build_plan"]
@@ -417,6 +417,5 @@ def check_zero_point(info: TensorInfo, target: str) -> None:
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.8)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string (bounded work: kvcore._suggest)."""
+    return Suggester(candidates)(name)

@@ -37,6 +37,11 @@ __all__ = [
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """The cap the safetensors library itself puts on a header."""
+MAX_TENSORS = 1 << 18
+"""Tensor entries per file. The biggest real checkpoints hold ~10^5 tensors over many shards;
+a header of 10^6 tiny entries (fits in 100 MiB) costs seconds and gigabytes before any check."""
+MAX_NAME_LENGTH = 1024
+"""Characters in a tensor name; real names are under 200."""
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -72,10 +77,12 @@ class FileStamp:
     mtime_ns: int
     inode: int
     device: int
+    ctime_ns: int = 0
+    """The inode's change time: any write moves it, and unlike the mtime no ``utime`` can put it back."""
 
     @classmethod
     def of(cls, st: os.stat_result) -> FileStamp:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
 
 
 class TensorInfo(NamedTuple):
@@ -136,6 +143,9 @@ def read_header(path: Path) -> ShardHeader:
             raw = f.read(length)
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    # Before parsing: every entry has one "data_offsets" key (a name holding the text only adds).
+    if raw.count(b'"data_offsets"') > MAX_TENSORS:
+        raise _bad(path, f"its header holds more than {MAX_TENSORS} tensor entries, kvcore's cap per file")
     data_start = 8 + length
     # Anything unusual, bad or merely odd, goes the careful way, which words the errors.
     quick = _quick_entries(path, raw, data_start, stamp)
@@ -214,6 +224,8 @@ def _entries(
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise _bad(path, "its __metadata__ is not an object")
+    if len(header) > MAX_TENSORS:
+        raise _bad(path, f"its header holds {len(header)} tensor entries, more than kvcore's cap of {MAX_TENSORS}")
     infos = _entries_in_bulk(path, list(header), list(header.values()), data_start, stamp)
     if infos is None:  # some entry is bad: find the first one and say what is wrong with it
         infos = [_entry(path, name, spec, data_start, stamp) for name, spec in header.items()]
@@ -237,7 +249,7 @@ def _entries_in_bulk(
     offsets) at once. It only decides good or bad: ``_entry`` words the error. JSON gives
     exact types, so ``type(...)`` sets are exact checks (``bool`` is not ``int`` here).
     """
-    if set(map(type, specs)) - {dict}:
+    if set(map(type, specs)) - {dict} or len(specs) > MAX_TENSORS or max(map(len, names), default=0) > MAX_NAME_LENGTH:
         return None
     dtypes = list(map(dict.get, specs, repeat("dtype")))
     shapes = list(map(dict.get, specs, repeat("shape")))
@@ -265,6 +277,12 @@ def _entries_in_bulk(
 
 
 def _entry(path: Path, name: str, spec: Any, data_start: int, stamp: FileStamp) -> TensorInfo:
+    if len(name) > MAX_NAME_LENGTH:
+        raise _bad(
+            path,
+            f"a tensor name is {len(name)} characters long (it begins {name[:60]!r}); kvcore's cap is "
+            f"{MAX_NAME_LENGTH}",
+        )
     if not isinstance(spec, dict):
         raise _bad(path, f"the entry of tensor {name!r} is not an object")
     dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
