@@ -94,7 +94,7 @@ def _one_of_several(single: Path, index: Path, weight_map: dict[str, str], root:
     if others:
         raise CheckpointError(
             f"{single} is one shard of the sharded checkpoint in {single.parent} ({index.name} names "
-            f"{len(others) + 1} shards); load the directory {single.parent} instead, which reads them all"
+            f"{len(named | {mine})} shards); load the directory {single.parent} instead, which reads them all"
         )
 
 
