@@ -43,7 +43,6 @@ class Packing:
 
     def __init__(self, rules: list[tuple[str, str | None, ShardId | None, bool]]) -> None:
         self.rules = rules
-        self._shards: dict[str, frozenset[ShardId]] = {}
 
     @classmethod
     def of(cls, mapper: WeightsMapper, model: torch.nn.Module) -> Packing:
@@ -118,15 +117,9 @@ class Naming:
         self.targets = targets
         self._below: dict[str, list[str]] | None = None
 
-    def resolve(self, name: str) -> Resolved:
-        """The model name (``None``: dropped) and shard id (``None``: not packed) of ``name``."""
-        mapped = self.unpacked(name)
-        if mapped is None or mapped in self.targets:
-            return mapped, None
-        return self.resolve_unknown(mapped)
-
     def resolve_unknown(self, mapped: str) -> Resolved:
-        """``resolve`` for a mapped name that is no model tensor's."""
+        """The model name (``None``: dropped) and shard id (``None``: not packed) of a name the
+        mapper produced (``self.unpacked``) that is no model tensor's."""
         redirected = self.redirect(mapped)
         if redirected is not None:
             return redirected, None
