@@ -4,10 +4,10 @@
 ``get_plugin_manager`` call.
 """
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
-from kvcore._attention import Attention
-from kvcore._auto_loader import AutoWeightsLoader
 from kvcore._errors import (
     CheckpointError,
     KvcoreError,
@@ -16,17 +16,49 @@ from kvcore._errors import (
     QuantConfigError,
     WeightLoadError,
 )
-from kvcore._kv_quant import dequantize_kv, quantize_kv
-from kvcore._load import load
 from kvcore._mapper import WeightsMapper
 from kvcore._meaning import ScaleMeaning
-from kvcore._plugin_mappers import plugin_mappers_for
 from kvcore._plugins import get_plugin_manager
 from kvcore._quant_config import QuantConfig
-from kvcore._read_scales import mapper_for, read_kv_scales
-from kvcore._report import LoadReport
-from kvcore._scale_param import KVCacheScaleParameter
 from kvcore.hookspecs import hookimpl, hookspec
+
+if TYPE_CHECKING:
+    from kvcore._attention import Attention
+    from kvcore._auto_loader import AutoWeightsLoader
+    from kvcore._kv_quant import dequantize_kv, quantize_kv
+    from kvcore._load import load
+    from kvcore._plugin_mappers import plugin_mappers_for
+    from kvcore._read_scales import mapper_for, read_kv_scales
+    from kvcore._report import LoadReport
+    from kvcore._scale_param import KVCacheScaleParameter
+
+_LAZY = {
+    "Attention": "kvcore._attention",
+    "AutoWeightsLoader": "kvcore._auto_loader",
+    "KVCacheScaleParameter": "kvcore._scale_param",
+    "LoadReport": "kvcore._report",
+    "dequantize_kv": "kvcore._kv_quant",
+    "load": "kvcore._load",
+    "mapper_for": "kvcore._read_scales",
+    "plugin_mappers_for": "kvcore._plugin_mappers",
+    "quantize_kv": "kvcore._kv_quant",
+    "read_kv_scales": "kvcore._read_scales",
+}
+"""Names whose modules import torch: imported on first use, so that a plugin (and ``kvcore
+plugins``) can import kvcore in milliseconds."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kvcore' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 

@@ -19,10 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kvcore import __version__
-from kvcore._demo import run_demo
-from kvcore._demo_hf import hf_demo, render_hf_demo
 from kvcore._errors import KvcoreError
-from kvcore._inspect import inspect_checkpoint
 from kvcore._plugins import get_plugin_manager, plugin_records
 from kvcore._render import render_demo, render_inspection, render_plugins
 from kvcore._show import printable
@@ -136,7 +133,10 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+# The loader's modules import torch (seconds); `kvcore plugins` answers without them.
 def _inspect(args: argparse.Namespace) -> int:
+    from kvcore._inspect import inspect_checkpoint
+
     result = inspect_checkpoint(args.checkpoint, tp_size=args.tp_size)
     _emit(args, result.as_dict(), lambda: render_inspection(result, _style(args)))
     return 1 if result.has_errors else 0
@@ -156,6 +156,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _demo_in(args: argparse.Namespace, directory: Path, *, kept: bool) -> int:
+    from kvcore._demo import run_demo
+    from kvcore._demo_hf import hf_demo, render_hf_demo
+
     results = run_demo(directory)
     hf = hf_demo()
     data = {"directory": str(directory), "kept": kept, "formats": [r.as_dict() for r in results], "transformers": hf}

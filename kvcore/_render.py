@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from kvcore._demo import DemoResult
-from kvcore._inspect import Anomaly, Inspection
-from kvcore._inspect_tp import TensorParallel
-from kvcore._plugins import PluginRecord
 from kvcore._show import printable, shown
 from kvcore._table import Style, render_table
+
+if TYPE_CHECKING:  # annotations only: `kvcore plugins` must not import torch through them
+    from kvcore._demo import DemoResult
+    from kvcore._inspect import Anomaly, Inspection
+    from kvcore._inspect_tp import TensorParallel
+    from kvcore._plugins import PluginRecord
 
 __all__ = ["fmt_value", "render_demo", "render_inspection", "render_plugins"]
 
