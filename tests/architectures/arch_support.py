@@ -18,7 +18,7 @@ from typing import Any
 import arch_models as am
 import pytest
 import torch
-from safetensors import safe_open
+from shared_support import read_all  # noqa: F401 - shared helper, used through this module
 
 import kvcore
 
@@ -81,13 +81,6 @@ def layers(case: Case) -> int:
     return config(case)["num_hidden_layers"]
 
 
-def read_all(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of every shard, read independently of kvcore."""
-    tensors = {}
-    for path in sorted(Path(checkpoint).glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            tensors.update({name: f.get_tensor(name) for name in f.keys()})  # noqa: SIM118
-    return tensors
 
 
 def kv_leaf(name: str) -> bool:

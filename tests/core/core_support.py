@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from shared_support import modelopt_plugin, read_all  # noqa: F401 - shared helpers, used through this module
 
 import kvcore
-from kvcore.testing import registered_plugin, tiny_llama, write_checkpoint
+from kvcore.testing import tiny_llama, write_checkpoint
 
 P = "model.layers.{}.self_attn"
 LAYERS = 2
@@ -97,14 +96,6 @@ def write(directory: Path, folder: str, tensors: Mapping[str, torch.Tensor], **o
     return write_checkpoint(directory, tensors, config=config, **options)
 
 
-def read_all(directory: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of every shard, read independently of kvcore."""
-    tensors = {}
-    for path in sorted(Path(directory).glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            tensors.update({name: f.get_tensor(name) for name in f.keys()})  # noqa: SIM118 - no __iter__
-    return tensors
-
 
 def as_float(tensor: torch.Tensor) -> float | list[float]:
     """A checkpoint scale as kvcore reports it: float32, a list when per-head."""
@@ -135,20 +126,3 @@ def assert_unchanged(model: torch.nn.Module, before: Mapping[str, torch.Tensor])
 def attention_names(model: torch.nn.Module) -> set[str]:
     """Each ``kvcore.Attention``'s own (first) name."""
     return {name for name, m in model.named_modules() if isinstance(m, kvcore.Attention)}
-
-
-@contextmanager
-def modelopt_plugin() -> Iterator[Any]:
-    """The example ModelOpt plugin, registered unless it is installed; yields its module."""
-    import sys
-
-    try:
-        import kvcore_modelopt
-    except ImportError:
-        sys.path.insert(0, str(REPO / "examples" / "kvcore-modelopt"))
-        import kvcore_modelopt
-    if kvcore.get_plugin_manager().get_plugin("modelopt") is not None:
-        yield kvcore_modelopt
-        return
-    with registered_plugin(kvcore_modelopt, "modelopt", distribution="kvcore-modelopt", version="0.1.0"):
-        yield kvcore_modelopt

@@ -11,24 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from shared_support import modelopt_module, modelopt_plugin
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-try:
-    import kvcore_modelopt
-except ImportError:
-    sys.path.insert(0, str(HERE.parent.parent / "examples" / "kvcore-modelopt"))
-    import kvcore_modelopt
-
-import kvcore  # noqa: E402
-from kvcore.testing import registered_plugin  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+modelopt_module()  # importable by the tests here, installed or not
 
 
 @pytest.fixture(autouse=True)
-def modelopt_plugin() -> Iterator[None]:
+def modelopt_registered() -> Iterator[None]:
     """The ModelOpt fixtures need the example plugin; registered here when it is not installed."""
-    if kvcore.get_plugin_manager().get_plugin("modelopt") is not None:
-        yield
-        return
-    with registered_plugin(kvcore_modelopt, "modelopt", distribution="kvcore-modelopt", version="0.1.0"):
+    with modelopt_plugin():
         yield

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from shared_support import read_all
 
 import kvcore
 from kvcore.testing import write_checkpoint
@@ -40,13 +40,6 @@ def fixture(name: str) -> Path:
     return ROOT / name
 
 
-def read_all(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of every shard, read independently of kvcore."""
-    tensors = {}
-    for path in sorted(Path(checkpoint).glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            tensors.update({name: f.get_tensor(name) for name in f.keys()})  # noqa: SIM118
-    return tensors
 
 
 def weights(checkpoint: Path) -> Iterator[tuple[str, torch.Tensor]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from shared_support import read_all  # noqa: F401 - shared helper, used through this module
 from torch import nn
 
 import kvcore
@@ -85,13 +85,6 @@ def write(directory: Path, kv_heads: int, per_head: bool, q_heads: int = Q_HEADS
     return write_checkpoint(directory, tensors, config=cfg, quantization_config=quant_config(per_head))
 
 
-def read_all(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint, read with safetensors (not kvcore)."""
-    tensors = {}
-    for path in sorted(Path(checkpoint).glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            tensors.update({name: f.get_tensor(name) for name in f.keys()})  # noqa: SIM118
-    return tensors
 
 
 def kv_per_rank(kv_heads: int, size: int) -> int:
