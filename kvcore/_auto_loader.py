@@ -12,8 +12,8 @@ from kvcore._errors import WeightLoadError
 from kvcore._finalise import finalise_all, loaded_scales
 from kvcore._mapper import ShardId, WeightsMapper
 from kvcore._meaning import ScaleMeaning
-from kvcore._naming import ZERO_POINT_NAMES, Naming, shard_loader_error
-from kvcore._plan import SKIP_SUBSTRS, accepts_shard, loader_args
+from kvcore._naming import ZERO_POINT_NAMES, Naming, accepts_shard, loader_args, shard_loader_error
+from kvcore._plan import SKIP_SUBSTRS
 from kvcore._scale_param import KVCacheScaleParameter, load_scale
 from kvcore._targets import attention_modules, model_targets
 

@@ -38,7 +38,8 @@ import torch
 
 from kvcore._errors import CheckpointError, WeightLoadError
 from kvcore._file_tensor import FileTensor
-from kvcore._plan import Copy, loader_args
+from kvcore._naming import loader_args
+from kvcore._plan import Copy
 from kvcore._safetensors import DTYPES, TensorInfo, check_unchanged
 from kvcore._show import shown
 

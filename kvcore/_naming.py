@@ -14,6 +14,7 @@ Packing comes last, so a KV-cache scale name never becomes ``….qkv_proj.*``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,7 +26,15 @@ from kvcore._experts import ExpertPacking, ExpertShard
 from kvcore._mapper import ShardId, WeightsMapper
 from kvcore._targets import Target, attention_modules
 
-__all__ = ["ATTENTION_LEAVES", "Naming", "Packing", "ZERO_POINT_NAMES", "shard_loader_error"]
+__all__ = [
+    "ATTENTION_LEAVES",
+    "Naming",
+    "Packing",
+    "ZERO_POINT_NAMES",
+    "accepts_shard",
+    "loader_args",
+    "shard_loader_error",
+]
 
 ZERO_POINT_NAMES = frozenset({"k_zero_point", "v_zero_point", "q_zero_point"})
 ATTENTION_LEAVES = frozenset(SCALE_NAMES) | ZERO_POINT_NAMES
@@ -176,3 +185,21 @@ def shard_loader_error(parameter: str, tensor: str, shard: Any) -> WeightLoadErr
         "the fused parameter a shard-id weight_loader (docs/engines.md shows one), or remove the "
         "packing rule"
     )
+
+
+def accepts_shard(loader: Callable[..., object] | None, shard: ShardId) -> bool:
+    """Whether ``loader`` can be called as ``loader(param, loaded_weight, shard_id[, expert_id])``."""
+    if loader is None:
+        return False
+    try:
+        inspect.signature(loader).bind(None, None, *loader_args(shard))
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a builtin): let the call decide
+        return True
+    return True
+
+
+def loader_args(shard: ShardId) -> tuple[object, ...]:
+    """What a packed parameter's loader receives after ``(param, tensor)``."""
+    return tuple(shard) if isinstance(shard, ExpertShard) else (shard,)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import operator
 from collections.abc import Callable, Iterable
 from itertools import compress, groupby, repeat
@@ -17,12 +16,12 @@ from typing import NamedTuple
 import torch
 
 from kvcore._errors import KvcoreError, MapperConflictError, WeightLoadError
-from kvcore._experts import ExpertShard
 from kvcore._mapper import ShardId, WeightsMapper
-from kvcore._naming import ZERO_POINT_NAMES, Naming, shard_loader_error
-from kvcore._parallel import SINGLE, Parallel, Part, rank_part, rank_scale
-from kvcore._safetensors import DTYPES, TensorInfo, read_tensor
-from kvcore._scale_param import check_scale_value
+from kvcore._naming import ZERO_POINT_NAMES, Naming, accepts_shard, shard_loader_error
+from kvcore._parallel import SINGLE, Parallel, Part, rank_part
+from kvcore._plan_scales import ScaleValue, check_zero_point, plan_scale
+from kvcore._plan_scales import where as _where
+from kvcore._safetensors import DTYPES, TensorInfo
 from kvcore._suggest import Suggester
 from kvcore._targets import Target, attention_modules
 
@@ -55,14 +54,6 @@ class Copy(NamedTuple):
     direct: bool = False
     shard: ShardId | None = None
     part: Part | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ScaleValue:
-    """A validated KV-cache scale: float32, flat (one element, or one per KV head)."""
-
-    value: torch.Tensor
-    source: str
 
 
 @dataclasses.dataclass
@@ -160,7 +151,7 @@ def _careful_plan(
         if claim(id(target.tensor), info.name) is not info.name:
             _conflict(claimed, info, target)
         if target.is_kv_scale:
-            plan.scales.setdefault(canonical[id(target.module)], {})[target.attr] = _scale(info, target, par)
+            plan.scales.setdefault(canonical[id(target.module)], {})[target.attr] = plan_scale(info, target, par)
         else:
             copies.append(_copy(info, target, par))
     _note_absent_shards(plan, packed, found, naming)
@@ -193,24 +184,6 @@ def _claim_shard(
         claimed[ident] = packed[ident][shard]
         _conflict(claimed, info, target)
     packed[ident][shard] = info.name
-
-
-def accepts_shard(loader: Callable[..., object] | None, shard: ShardId) -> bool:
-    """Whether ``loader`` can be called as ``loader(param, loaded_weight, shard_id[, expert_id])``."""
-    if loader is None:
-        return False
-    try:
-        inspect.signature(loader).bind(None, None, *loader_args(shard))
-    except TypeError:
-        return False
-    except ValueError:  # no signature to read (a builtin): let the call decide
-        return True
-    return True
-
-
-def loader_args(shard: ShardId) -> tuple[object, ...]:
-    """What a packed parameter's loader receives after ``(param, tensor)``."""
-    return tuple(shard) if isinstance(shard, ExpertShard) else (shard,)
 
 
 def _note_absent_shards(
@@ -248,7 +221,7 @@ def _quick_plan(
     plain = list(map(operator.not_, scale))
     try:
         for info, target in zip(compress(infos, scale), compress(resolved, scale), strict=True):
-            plan.scales.setdefault(canonical[id(target.module)], {})[target.attr] = _scale(info, target, SINGLE)
+            plan.scales.setdefault(canonical[id(target.module)], {})[target.attr] = plan_scale(info, target, SINGLE)
         infos, resolved = list(compress(infos, plain)), list(compress(resolved, plain))
         direct = list(map(check_fits, infos, resolved))
     except KvcoreError:
@@ -340,10 +313,6 @@ def _missing(targets: dict[str, Target], claimed: dict[int, str]) -> list[str]:
     return sorted(missing)
 
 
-def _where(info: TensorInfo, target: str) -> str:
-    return f"checkpoint tensor {info.name!r} in {info.path} (loading into {target!r})"
-
-
 def check_fits(info: TensorInfo, target: Target) -> bool:
     """Shape and dtype of ``info`` suit ``target`` (custom loaders judge shapes themselves).
 
@@ -379,41 +348,6 @@ def _convertible(source: torch.dtype, dest: torch.dtype) -> bool:
         return True
     wide = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
     return source in wide and dest in wide
-
-
-MAX_SCALE_VALUES = 1 << 16
-"""A scale has one value or one per head; a bigger tensor is refused before it is read."""
-
-
-def _scale(info: TensorInfo, target: Target, par: Parallel) -> ScaleValue:
-    where = _where(info, target.name)
-    heads = getattr(target.module, "num_kv_heads", None)
-    if info.numel == 0:  # not even a per-head scale, whatever the attention's head count says
-        raise WeightLoadError(
-            f"{where} has shape {list(info.shape)}, with no element: a KV-cache scale has one element "
-            f"(per-tensor) or one per KV head (num_kv_heads={heads}); re-export the checkpoint"
-        )
-    if info.numel > MAX_SCALE_VALUES:
-        raise WeightLoadError(
-            f"{where} has shape {list(info.shape)}: a KV-cache scale has one element (per-tensor) "
-            f"or one per KV head (this attention has num_kv_heads={heads}). Re-export the checkpoint"
-        )
-    if not info.torch_dtype.is_floating_point:
-        raise WeightLoadError(
-            f"{where} has dtype {info.dtype}; a scale must be floating point. Re-export the checkpoint"
-        )
-    value = read_tensor(info).to(torch.float32).reshape(-1)
-    check_scale_value(value, where)
-    return ScaleValue(rank_scale(value, list(info.shape), target, par, where), info.name)
-
-
-def check_zero_point(info: TensorInfo, target: str) -> None:
-    value = read_tensor(info)
-    if info.numel and bool((value.to(torch.float32) != 0).any()):
-        raise WeightLoadError(
-            f"{_where(info, target)} holds non-zero zero points: the KV cache is asymmetric, "
-            "and kvcore loads symmetric KV caches only. Quantize the KV cache symmetrically"
-        )
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str:

@@ -21,7 +21,7 @@ from kvcore._interpret import interpret, is_mla_model
 from kvcore._load import check_name_conflicts, parallel, plugin_mappers
 from kvcore._mapper import WeightsMapper
 from kvcore._naming import ZERO_POINT_NAMES
-from kvcore._plan import ScaleValue, check_zero_point
+from kvcore._plan_scales import ScaleValue, check_zero_point
 from kvcore._safetensors import TensorInfo, read_tensor
 from kvcore._scale_param import check_scale_value
 from kvcore._table import natural_key

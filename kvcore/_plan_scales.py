@@ -1,0 +1,63 @@
+"""Planning a KV-cache scale: read it (it is small), check it, and take this rank's part."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from kvcore._errors import WeightLoadError
+from kvcore._parallel import Parallel, rank_scale
+from kvcore._safetensors import TensorInfo, read_tensor
+from kvcore._scale_param import check_scale_value
+from kvcore._targets import Target
+
+__all__ = ["MAX_SCALE_VALUES", "ScaleValue", "check_zero_point", "plan_scale", "where"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScaleValue:
+    """A validated KV-cache scale: float32, flat (one element, or one per KV head)."""
+
+    value: torch.Tensor
+    source: str
+
+
+def where(info: TensorInfo, target: str) -> str:
+    """How messages name a checkpoint tensor and the parameter it loads into."""
+    return f"checkpoint tensor {info.name!r} in {info.path} (loading into {target!r})"
+
+
+MAX_SCALE_VALUES = 1 << 16
+"""A scale has one value or one per head; a bigger tensor is refused before it is read."""
+
+
+def plan_scale(info: TensorInfo, target: Target, par: Parallel) -> ScaleValue:
+    place = where(info, target.name)
+    heads = getattr(target.module, "num_kv_heads", None)
+    if info.numel == 0:  # not even a per-head scale, whatever the attention's head count says
+        raise WeightLoadError(
+            f"{place} has shape {list(info.shape)}, with no element: a KV-cache scale has one element "
+            f"(per-tensor) or one per KV head (num_kv_heads={heads}); re-export the checkpoint"
+        )
+    if info.numel > MAX_SCALE_VALUES:
+        raise WeightLoadError(
+            f"{place} has shape {list(info.shape)}: a KV-cache scale has one element (per-tensor) "
+            f"or one per KV head (this attention has num_kv_heads={heads}). Re-export the checkpoint"
+        )
+    if not info.torch_dtype.is_floating_point:
+        raise WeightLoadError(
+            f"{place} has dtype {info.dtype}; a scale must be floating point. Re-export the checkpoint"
+        )
+    value = read_tensor(info).to(torch.float32).reshape(-1)
+    check_scale_value(value, place)
+    return ScaleValue(rank_scale(value, list(info.shape), target, par, place), info.name)
+
+
+def check_zero_point(info: TensorInfo, target: str) -> None:
+    value = read_tensor(info)
+    if info.numel and bool((value.to(torch.float32) != 0).any()):
+        raise WeightLoadError(
+            f"{where(info, target)} holds non-zero zero points: the KV cache is asymmetric, "
+            "and kvcore loads symmetric KV caches only. Quantize the KV cache symmetrically"
+        )
