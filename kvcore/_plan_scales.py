@@ -12,7 +12,7 @@ from kvcore._safetensors import TensorInfo, read_tensor
 from kvcore._scale_param import check_scale_value
 from kvcore._targets import Target
 
-__all__ = ["MAX_SCALE_VALUES", "ScaleValue", "check_zero_point", "plan_scale", "where"]
+__all__ = ["MAX_SCALE_VALUES", "ScaleValue", "check_zero_point", "plan_scale", "read_scale", "where"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -34,7 +34,16 @@ MAX_SCALE_VALUES = 1 << 16
 
 def plan_scale(info: TensorInfo, target: Target, par: Parallel) -> ScaleValue:
     place = where(info, target.name)
-    heads = getattr(target.module, "num_kv_heads", None)
+    value = read_scale(info, place, getattr(target.module, "num_kv_heads", None))
+    return ScaleValue(rank_scale(value, list(info.shape), target, par, place), info.name)
+
+
+def read_scale(info: TensorInfo, place: str, heads: int | None) -> torch.Tensor:
+    """A scale tensor's values, flat float32, once its size, dtype and values are checked.
+
+    ``place`` names it in errors (see :func:`where`); ``heads`` (the KV heads expected) only
+    words them. Too big a tensor is refused before it is read.
+    """
     if info.numel == 0:  # not even a per-head scale, whatever the attention's head count says
         raise WeightLoadError(
             f"{place} has shape {list(info.shape)}, with no element: a KV-cache scale has one element "
@@ -51,7 +60,7 @@ def plan_scale(info: TensorInfo, target: Target, par: Parallel) -> ScaleValue:
         )
     value = read_tensor(info).to(torch.float32).reshape(-1)
     check_scale_value(value, place)
-    return ScaleValue(rank_scale(value, list(info.shape), target, par, place), info.name)
+    return value
 
 
 def check_zero_point(info: TensorInfo, target: str) -> None:

@@ -21,9 +21,8 @@ from kvcore._interpret import interpret, is_mla_model
 from kvcore._load import check_name_conflicts, parallel, plugin_mappers
 from kvcore._mapper import WeightsMapper
 from kvcore._naming import ZERO_POINT_NAMES
-from kvcore._plan_scales import ScaleValue, check_zero_point
-from kvcore._safetensors import TensorInfo, read_tensor
-from kvcore._scale_param import check_scale_value
+from kvcore._plan_scales import ScaleValue, check_zero_point, read_scale, where
+from kvcore._safetensors import TensorInfo
 from kvcore._table import natural_key
 
 __all__ = ["mapper_for", "read_kv_scales"]
@@ -113,23 +112,20 @@ def _heads(config: dict[str, object]) -> tuple[int | None, int | None]:
 def _value(
     info: TensorInfo, target: str, attr: str, heads: tuple[int | None, int | None], tp_rank: int, tp_size: int
 ) -> torch.Tensor:
-    where = f"checkpoint tensor {info.name!r} in {info.path} (loading into {target!r})"
-    if not info.torch_dtype.is_floating_point:
-        raise WeightLoadError(f"{where} has dtype {info.dtype}; a scale must be floating point. Re-export it")
+    place = where(info, target)
     query, kv = heads
     if info.numel != 1 and info.numel not in (kv, query if attr == "q_scale" else kv) and kv is not None:
         raise WeightLoadError(
-            f"{where} has shape {list(info.shape)}: a KV-cache scale has one element (per-tensor) "
+            f"{place} has shape {list(info.shape)}: a KV-cache scale has one element (per-tensor) "
             f"or num_key_value_heads={kv} elements (per-head), as config.json says. Re-export the "
             "checkpoint, or fix config.json"
         )
-    value = read_tensor(info).to(torch.float32).reshape(-1)
-    check_scale_value(value, where)
+    value = read_scale(info, place, kv)
     if value.numel() == 1:
         return value
     if query is not None and kv is not None and value.numel() == query != kv:
         value = per_kv_head(value, query, kv)
-    return rank_heads(value, value.numel(), tp_rank, tp_size, where)
+    return rank_heads(value, value.numel(), tp_rank, tp_size, place)
 
 
 def _every_layer(loaded: dict[str, dict[str, ScaleValue]], config: dict[str, object]) -> list[str]:

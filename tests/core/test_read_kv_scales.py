@@ -198,3 +198,11 @@ def test_mapper_for_an_unhandled_method_is_refused(tmp_path: Path) -> None:
     ckpt = write_checkpoint(tmp_path / "ckpt", {"x": torch.zeros(1)}, quantization_config=quant)
     with pytest.raises(kvcore.QuantConfigError, match="nosuchformat"):
         kvcore.mapper_for(ckpt)
+
+
+@pytest.mark.parametrize("shape", [(0,), (1 << 17,)], ids=["no-element", "too-big"])
+def test_a_scale_of_impossible_size_is_refused_as_load_refuses_it(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    tensors = ct_scales()
+    tensors[f"{P.format(0)}.k_scale"] = torch.ones(shape, dtype=BF16)
+    with pytest.raises(kvcore.WeightLoadError, match=re.escape(f"'{P.format(0)}.k_scale'")):
+        kvcore.read_kv_scales(ct_checkpoint(tmp_path, tensors))
