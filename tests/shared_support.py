@@ -15,6 +15,9 @@ import kvcore
 from kvcore.testing import registered_plugin
 
 REPO = Path(__file__).resolve().parent.parent
+DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F8_E4M3": torch.float8_e4m3fn}
+"""safetensors dtype names of the genuine fixtures -> torch dtypes."""
+Headers = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
 def read_all(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -24,6 +27,17 @@ def read_all(checkpoint: Path) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as f:
             tensors.update({name: f.get_tensor(name) for name in f.keys()})  # noqa: SIM118
     return tensors
+
+
+def read_headers(checkpoint: Path) -> Headers:
+    """``name -> (shape, dtype)`` of every tensor of every shard, read with safetensors."""
+    out = {}
+    for path in sorted(Path(checkpoint).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                view = f.get_slice(name)
+                out[name] = (tuple(view.get_shape()), DTYPES[view.get_dtype()])
+    return out
 
 
 def modelopt_module() -> ModuleType:

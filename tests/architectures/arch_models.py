@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors import safe_open
+from shared_support import read_headers
 from torch import nn
 
 import kvcore
@@ -42,8 +42,6 @@ MIXTRAL_EXPERTS = {"w1": ("w13", "w1"), "w3": ("w13", "w3"), "w2": ("w2", "w2")}
 """ModelOpt's Mixtral names its experts' linears w1 (gate), w3 (up), w2 (down)."""
 K_NORM = ("qwen3", "qwen3_moe")
 
-_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F8_E4M3": torch.float8_e4m3fn}
-Headers = dict[str, tuple[tuple[int, ...], torch.dtype]]
 View = tuple[nn.Parameter, tuple[Any, ...]]
 
 
@@ -55,16 +53,6 @@ class Built:
     attention: dict[int, str]
     """Layer number -> the name of its ``kvcore.Attention`` module."""
 
-
-def read_headers(checkpoint: Path) -> Headers:
-    """``name -> (shape, dtype)`` of every tensor of every shard."""
-    out = {}
-    for path in sorted(Path(checkpoint).glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                view = f.get_slice(name)
-                out[name] = (tuple(view.get_shape()), _DTYPES[view.get_dtype()])
-    return out
 
 
 def build(checkpoint: Path, *, packed: bool = False, use_mla: bool = False, kv_cache_dtype: str = "fp8") -> Built:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from shared_support import Headers, read_headers
 from torch import nn
 
 import kvcore
@@ -30,19 +30,7 @@ SCALE_LEAVES = ("weight_scale", "input_scale")
 FILL = -7.0
 """Every parameter starts at this value, so that a block the load never wrote shows."""
 
-_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F8_E4M3": torch.float8_e4m3fn}
-Headers = Mapping[str, tuple[tuple[int, ...], torch.dtype]]
 
-
-def read_headers(checkpoint: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """``name -> (shape, dtype)`` of every tensor of every shard."""
-    out = {}
-    for path in sorted(Path(checkpoint).glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                view = f.get_slice(name)
-                out[name] = (tuple(view.get_shape()), _DTYPES[view.get_dtype()])
-    return out
 
 
 def packed_mapping(checkpoint: Path) -> dict[str, tuple[str, int | str]]:
