@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import kvcore
-import kvcore._cli
-import kvcore._plugins
+import kvcore._cli.main
+import kvcore._plugins.manager
 
 
 def _bytes_read() -> int:
@@ -32,7 +32,7 @@ def _bytes_read() -> int:
 def _timed(action: Callable[[], object], repeat: int) -> dict[str, float]:
     times = []
     for _ in range(repeat + 1):
-        kvcore._plugins.clear_cache()
+        kvcore._plugins.manager.clear_cache()
         start = time.perf_counter()
         action()
         times.append(time.perf_counter() - start)
@@ -41,14 +41,14 @@ def _timed(action: Callable[[], object], repeat: int) -> dict[str, float]:
 
 def discovery(repeat: int) -> dict[str, object]:
     result: dict[str, object] = _timed(kvcore.get_plugin_manager, repeat)
-    result["plugins"] = sorted(kvcore._plugins.plugin_records(kvcore.get_plugin_manager()))
+    result["plugins"] = sorted(kvcore._plugins.manager.plugin_records(kvcore.get_plugin_manager()))
     return result
 
 
 def inspect(ckpt: Path, repeat: int) -> dict[str, object]:
     def run() -> None:
         with contextlib.redirect_stdout(io.StringIO()):
-            status = kvcore._cli.main(["inspect", str(ckpt), "--json"])
+            status = kvcore._cli.main.main(["inspect", str(ckpt), "--json"])
         if status != 0:
             raise RuntimeError(f"kvcore inspect exited with {status}")
 
@@ -68,7 +68,7 @@ def inspect(ckpt: Path, repeat: int) -> dict[str, object]:
 def _needed(ckpt: Path) -> int:
     """The most inspect may read: JSON files, shard headers and scale tensors, each read
     through an 8 KiB buffer (so up to 8 KiB more per file opened, in the worst case twice)."""
-    from kvcore._checkpoint import read_checkpoint
+    from kvcore._checkpoint.reader import read_checkpoint
 
     checkpoint = read_checkpoint(ckpt)
     headers = sum(shard.data_start + 8192 for shard in checkpoint.shards)

@@ -8,6 +8,7 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from kvcore._checkpoint.quant_config import QuantConfig
 from kvcore._errors import (
     CheckpointError,
     KvcoreError,
@@ -18,31 +19,30 @@ from kvcore._errors import (
 )
 from kvcore._mapper import WeightsMapper
 from kvcore._meaning import ScaleMeaning
-from kvcore._plugins import get_plugin_manager
-from kvcore._quant_config import QuantConfig
+from kvcore._plugins.manager import get_plugin_manager
 from kvcore.hookspecs import hookimpl, hookspec
 
 if TYPE_CHECKING:
     from kvcore._attention import Attention
-    from kvcore._auto_loader import AutoWeightsLoader
-    from kvcore._kv_quant import dequantize_kv, quantize_kv
-    from kvcore._load import load
-    from kvcore._plugin_mappers import plugin_mappers_for
-    from kvcore._read_scales import mapper_for, read_kv_scales
+    from kvcore._loading.auto_loader import AutoWeightsLoader
+    from kvcore._loading.load import load
+    from kvcore._loading.read_scales import mapper_for, read_kv_scales
+    from kvcore._plugins.for_checkpoint import plugin_mappers_for
     from kvcore._report import LoadReport
+    from kvcore._runtime.kv_quant import dequantize_kv, quantize_kv
     from kvcore._scale_param import KVCacheScaleParameter
 
 _LAZY = {
     "Attention": "kvcore._attention",
-    "AutoWeightsLoader": "kvcore._auto_loader",
+    "AutoWeightsLoader": "kvcore._loading.auto_loader",
     "KVCacheScaleParameter": "kvcore._scale_param",
     "LoadReport": "kvcore._report",
-    "dequantize_kv": "kvcore._kv_quant",
-    "load": "kvcore._load",
-    "mapper_for": "kvcore._read_scales",
-    "plugin_mappers_for": "kvcore._plugin_mappers",
-    "quantize_kv": "kvcore._kv_quant",
-    "read_kv_scales": "kvcore._read_scales",
+    "dequantize_kv": "kvcore._runtime.kv_quant",
+    "load": "kvcore._loading.load",
+    "mapper_for": "kvcore._loading.read_scales",
+    "plugin_mappers_for": "kvcore._plugins.for_checkpoint",
+    "quantize_kv": "kvcore._runtime.kv_quant",
+    "read_kv_scales": "kvcore._loading.read_scales",
 }
 """Names whose modules import torch: imported on first use, so that a plugin (and ``kvcore
 plugins``) can import kvcore in milliseconds."""

@@ -2,7 +2,7 @@
 
 import sys
 
-from kvcore._cli import main
+from kvcore._cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -63,7 +63,7 @@ class Attention(torch.nn.Module):
         wrote some scales through their ``weight_loader``), call it once per module: a scale
         still holding the ``-1.0`` sentinel counts as missing.
         """
-        from kvcore._finalise import finalise_all, loaded_scales
+        from kvcore._loading.finalise import finalise_all, loaded_scales
         from kvcore._meaning import ScaleMeaning
 
         finalise_all({type(self).__name__: self}, {type(self).__name__: loaded_scales(self)}, ScaleMeaning())

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import pluggy
 
+from kvcore._checkpoint.quant_config import QuantConfig
 from kvcore._mapper import WeightsMapper
 from kvcore._meaning import ScaleMeaning
-from kvcore._quant_config import QuantConfig
 
 __all__ = ["PROJECT_NAME", "get_cache_scale_mapper", "get_cache_scale_meaning", "hookimpl", "hookspec"]
 

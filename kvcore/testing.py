@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from kvcore._attention import Attention
-from kvcore._conformance import REAL_LOOKING_NAMES, assert_maps, check_plugin, registered_plugin
+from kvcore._plugins.conformance import REAL_LOOKING_NAMES, assert_maps, check_plugin, registered_plugin
 
 __all__ = [
     "REAL_LOOKING_NAMES",

@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
-from kvcore._checkpoint import Checkpoint, read_checkpoint
-from kvcore._contributions import combine, meaning_of
+from kvcore._checkpoint.reader import Checkpoint, read_checkpoint
 from kvcore._errors import QuantConfigError, WeightLoadError
-from kvcore._kv_quant import FP8_DTYPES, KvCacheDtypeError, dequantize_shaped, quantize_shaped
+from kvcore._loading.read_scales import _contributions, read_kv_scales
 from kvcore._mapper import WeightsMapper
-from kvcore._read_scales import _contributions, read_kv_scales
+from kvcore._plugins.contributions import combine, meaning_of
+from kvcore._runtime.kv_quant import FP8_DTYPES, KvCacheDtypeError, dequantize_shaped, quantize_shaped
 
 try:
     import transformers

@@ -14,7 +14,7 @@ from pathlib import Path
 import arch_support as su
 import pytest
 
-from kvcore._inspect import inspect_checkpoint
+from kvcore._cli.inspect import inspect_checkpoint
 
 Run = subprocess.CompletedProcess[str]
 SCRIPT = str(Path(sys.executable).with_name("kvcore"))

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from kvcore._cli import main
+from kvcore._cli.main import main
 
 
 def test_demo_dir_naming_an_existing_file(run, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import sys
 PROBE = """
 import sys, io, contextlib
 import kvcore
-from kvcore._cli import main
+from kvcore._cli.main import main
 with contextlib.redirect_stdout(io.StringIO()):
     main(["plugins", "--json"])
 print("torch" in sys.modules)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from kvcore._progress import ProgressBar, default_progress, human_bytes
-from kvcore._table import Style, natural_key, render_table
+from kvcore._cli.table import Style, natural_key, render_table
+from kvcore._loading.progress import ProgressBar, default_progress, human_bytes
 
 
 class _Terminal(io.StringIO):
@@ -52,7 +52,7 @@ def test_human_bytes() -> None:
 
 def test_default_progress_keeps_a_callers_callback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stderr", _Terminal())
-    monkeypatch.setattr("kvcore._progress.MIN_BYTES", 0)
+    monkeypatch.setattr("kvcore._loading.progress.MIN_BYTES", 0)
     calls: list[int] = []
     with default_progress([_Copy("a", 10)], calls.append) as report:
         assert report == calls.append
@@ -63,14 +63,14 @@ def test_default_progress_draws_only_on_a_terminal_above_the_threshold(monkeypat
     monkeypatch.delenv("KVCORE_PROGRESS", raising=False)
     copies = [_Copy("a", 10), _Copy("a", 10), _Copy("b", 30)]
     monkeypatch.setattr(sys, "stderr", io.StringIO())
-    monkeypatch.setattr("kvcore._progress.MIN_BYTES", 0)
+    monkeypatch.setattr("kvcore._loading.progress.MIN_BYTES", 0)
     with default_progress(copies, None) as report:
         assert report is None  # not a terminal
     monkeypatch.setattr(sys, "stderr", _Terminal())
-    monkeypatch.setattr("kvcore._progress.MIN_BYTES", 50)
+    monkeypatch.setattr("kvcore._loading.progress.MIN_BYTES", 50)
     with default_progress(copies, None) as report:
         assert report is None  # 50 bytes is not more than the threshold
-    monkeypatch.setattr("kvcore._progress.MIN_BYTES", 49)
+    monkeypatch.setattr("kvcore._loading.progress.MIN_BYTES", 49)
     with default_progress(copies, None) as report:
         assert isinstance(report, ProgressBar) and report.ends == [20, 50]
         for copy in copies:

@@ -16,7 +16,7 @@ from kvcore.testing import tiny_llama, write_checkpoint
 
 LOAD = """
 import sys
-import kvcore, kvcore._progress as progress
+import kvcore, kvcore._loading.progress as progress
 from kvcore.testing import tiny_llama
 progress.MIN_BYTES = int(sys.argv[2])
 kvcore.load(tiny_llama(num_layers=2), sys.argv[1])

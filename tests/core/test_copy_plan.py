@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import kvcore
-import kvcore._copy
-from kvcore._checkpoint import read_checkpoint
+import kvcore._loading.copy
+from kvcore._checkpoint.reader import read_checkpoint
+from kvcore._loading.plan import build_plan
+from kvcore._loading.targets import model_targets
 from kvcore._mapper import WeightsMapper
-from kvcore._plan import build_plan
-from kvcore._targets import model_targets
 from kvcore.testing import write_checkpoint
 
 
@@ -62,7 +62,7 @@ def test_direct_reads_are_bit_exact_across_dtypes_and_shards(tmp_path: Path) -> 
 
 
 def test_scatter_runs_split_at_the_buffer_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kvcore._copy, "IOV_MAX", 3)  # 10 adjacent tensors: runs of 3, 3, 3, 1
+    monkeypatch.setattr(kvcore._loading.copy, "IOV_MAX", 3)  # 10 adjacent tensors: runs of 3, 3, 3, 1
     tensors = _values(2, **{f"w{i}": ((i + 1, 3), torch.bfloat16) for i in range(10)})
     ckpt = write_checkpoint(tmp_path / "ckpt", tensors)
     model = _model(**tensors)
@@ -75,7 +75,7 @@ def test_scatter_runs_split_at_the_buffer_limit(tmp_path: Path, monkeypatch: pyt
 
 def test_big_tensors_read_in_threaded_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # 1000 floats = 4000 bytes in 64-byte chunks: the last chunk is partial.
-    monkeypatch.setattr(kvcore._copy, "SPLIT_BYTES", 64)
+    monkeypatch.setattr(kvcore._loading.copy, "SPLIT_BYTES", 64)
     tensors = _values(3, big=((1000,), torch.float32), small=((3,), torch.float32), other=((50, 3), torch.bfloat16))
     ckpt = write_checkpoint(tmp_path / "ckpt", tensors)
     model = _model(**tensors)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import kvcore
-from kvcore import _copy
+from kvcore._loading import copy as _copy
 from kvcore.testing import write_checkpoint
 
 Loader = Callable[[torch.Tensor, torch.Tensor], None]

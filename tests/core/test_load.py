@@ -213,7 +213,7 @@ def test_report_repr_names_method_and_parameters(tmp_path: Path) -> None:
 def test_close_matches_are_suggested_for_the_first_offenders_only(tmp_path: Path) -> None:
     # Each suggestion is a fuzzy match against every parameter name: bounded, so that a
     # checkpoint for the wrong model (10^5 offenders) still fails fast, with every name listed.
-    from kvcore._load import SUGGESTIONS
+    from kvcore._loading.load import SUGGESTIONS
 
     model = torch.nn.Module()
     count = SUGGESTIONS + 5

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from discovery_support import Site
 
-import kvcore._plugins
+import kvcore._plugins.manager
 
 
 @pytest.fixture
@@ -27,6 +27,6 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
     monkeypatch.setattr(sys, "path", [str(root), *kept])
     for variable in ("KVCORE_PLUGINS", "KVCORE_DISABLE_PLUGINS", "KVCORE_STRICT_PLUGINS"):
         monkeypatch.delenv(variable, raising=False)
-    kvcore._plugins.clear_cache()
+    kvcore._plugins.manager.clear_cache()
     yield Site(root)
-    kvcore._plugins.clear_cache()
+    kvcore._plugins.manager.clear_cache()

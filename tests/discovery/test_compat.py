@@ -6,8 +6,8 @@ import pytest
 from discovery_support import Site, mapper_plugin
 
 import kvcore
-from kvcore._compat import incompatibility, kvcore_version
-from kvcore._plugins import plugin_records
+from kvcore._plugins.compat import incompatibility, kvcore_version
+from kvcore._plugins.manager import plugin_records
 
 SOURCE = mapper_plugin("fmt", {})
 

@@ -6,7 +6,7 @@ import pytest
 from discovery_support import Site, mapper_plugin
 
 import kvcore
-from kvcore._plugins import plugin_records
+from kvcore._plugins.manager import plugin_records
 
 
 def _rivals(site: Site) -> None:

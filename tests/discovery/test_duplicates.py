@@ -7,7 +7,7 @@ import sys
 from discovery_support import Site, mapper_plugin
 
 import kvcore
-from kvcore._plugins import plugin_records
+from kvcore._plugins.manager import plugin_records
 
 
 def test_one_distribution_on_two_sys_path_entries_is_folded(site: Site, tmp_path) -> None:

@@ -8,7 +8,7 @@ import pytest
 from discovery_support import Site, checkpoint, mapper_plugin, snapshot, unchanged
 
 import kvcore
-from kvcore._contributions import Contribution, combine
+from kvcore._plugins.contributions import Contribution, combine
 
 
 def test_conflict_names_both_plugins_the_pattern_and_both_targets(site: Site, tmp_path) -> None:

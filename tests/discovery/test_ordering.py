@@ -8,8 +8,8 @@ import pytest
 from discovery_support import Site, mapper_plugin
 
 import kvcore
-from kvcore._contributions import collect_mappers
-from kvcore._plugins import plugin_records
+from kvcore._plugins.contributions import collect_mappers
+from kvcore._plugins.manager import plugin_records
 
 
 def test_records_and_calls_follow_entry_point_names_not_install_order(site: Site, tmp_path) -> None:

@@ -18,8 +18,8 @@ import pytest
 from discovery_support import Site, checkpoint, mapper_plugin, snapshot, unchanged
 
 import kvcore
-from kvcore._cli import main
-from kvcore._plugins import get_plugin_manager, plugin_records
+from kvcore._cli.main import main
+from kvcore._plugins.manager import get_plugin_manager, plugin_records
 
 HOOK = "import kvcore\n\n@kvcore.hookimpl\ndef get_cache_scale_mapper(quant_config):\n    {body}\n"
 GOOD = mapper_plugin("fmt", {r"\.k_scale$": ".attn.k_scale"})

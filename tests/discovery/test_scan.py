@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from discovery_support import Site
 
-from kvcore._entry_points import scan
+from kvcore._plugins.entry_points import scan
 
 
 def _key(eps: list[md.EntryPoint]) -> list[tuple[str, str, str, str]]:

@@ -6,7 +6,7 @@ import pytest
 from discovery_support import Site
 
 import kvcore
-from kvcore._plugins import plugin_records
+from kvcore._plugins.manager import plugin_records
 
 BROKEN = "import kvcore_dependency_that_is_not_installed\n"
 

@@ -9,7 +9,7 @@ import pytest
 from discovery_support import Site, checkpoint
 
 import kvcore
-from kvcore._plugins import plugin_records
+from kvcore._plugins.manager import plugin_records
 from kvcore.testing import assert_maps, check_plugin, registered_plugin
 
 RULES = {r"\.k_proj\.kscale$": ".attn.k_scale"}

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 import kvcore
-from kvcore._plugins import plugin_records
+from kvcore._plugins.manager import plugin_records
 from kvcore.testing import tiny_llama
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -18,7 +18,7 @@ from parallel_support import chunk, param, same_bits
 from torch import nn
 
 import kvcore
-from kvcore import _copy
+from kvcore._loading import copy as _copy
 from kvcore.testing import write_checkpoint
 
 Range = tuple[int, int]

@@ -14,7 +14,7 @@ from hf_support import LLAMA, QWEN3, build_model, fixture_config, write_per_head
 import kvcore
 import kvcore.testing
 import kvcore.transformers
-from kvcore._kv_quant import KvCacheDtypeError
+from kvcore._runtime.kv_quant import KvCacheDtypeError
 
 
 @pytest.mark.parametrize(("overrides", "says"), [

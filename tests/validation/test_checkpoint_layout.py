@@ -161,5 +161,5 @@ def test_json_file_that_is_not_a_regular_file(model: torch.nn.Module, ckpt: Path
 
 def test_json_file_above_the_size_cap(model: torch.nn.Module, ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cap = (ckpt / INDEX).stat().st_size - 1  # the real cap is 100 MiB; shrink it rather than write that much
-    monkeypatch.setattr("kvcore._checkpoint.MAX_JSON_BYTES", cap)
+    monkeypatch.setattr("kvcore._checkpoint.reader.MAX_JSON_BYTES", cap)
     expect_refusal(model, ckpt, CheckpointError, str(ckpt / INDEX), f"larger than {cap} bytes")

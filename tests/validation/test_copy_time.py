@@ -19,20 +19,20 @@ import torch
 from validation_support import SHARD_1, SHARD_2, changed, expect_refusal, snapshot
 
 import kvcore
-import kvcore._load
+import kvcore._loading.load
 from kvcore import CheckpointError
 
 
 def _after_planning(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
     """Run ``action`` once the plan is complete, just before copying starts."""
-    real = kvcore._load.build_plan
+    real = kvcore._loading.load.build_plan
 
     def build_plan_then_act(*args: Any, **kwargs: Any) -> Any:
         plan = real(*args, **kwargs)
         action()
         return plan
 
-    monkeypatch.setattr(kvcore._load, "build_plan", build_plan_then_act)
+    monkeypatch.setattr(kvcore._loading.load, "build_plan", build_plan_then_act)
 
 
 def _truncate(path: Path) -> None:

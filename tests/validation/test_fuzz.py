@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from validation_support import INDEX, SHARD_1, SHARD_2, changed, header_of, snapshot
 
 import kvcore
-from kvcore._safetensors import DTYPES
+from kvcore._checkpoint.safetensors import DTYPES
 from kvcore.testing import tiny_llama, write_checkpoint
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "real"
@@ -351,9 +351,9 @@ def _clean(text: str) -> None:
 
 
 def _inspect_cleanly(directory: Path) -> None:
-    from kvcore._inspect import inspect_checkpoint
-    from kvcore._render import render_inspection
-    from kvcore._table import Style
+    from kvcore._cli.inspect import inspect_checkpoint
+    from kvcore._cli.render import render_inspection
+    from kvcore._cli.table import Style
 
     try:
         result = inspect_checkpoint(directory)

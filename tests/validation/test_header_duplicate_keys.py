@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kvcore import CheckpointError
-from kvcore._safetensors import read_header
+from kvcore._checkpoint.safetensors import read_header
 
 ENTRY = '{"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}'
 

@@ -16,9 +16,9 @@ import torch
 from validation_support import FP8_CONFIG, checkpoint_tensors, expect_refusal, rewrite_header
 
 import kvcore
-from kvcore._cli import main
+from kvcore._cli.main import main
+from kvcore._cli.table import natural_key
 from kvcore._show import printable, shown
-from kvcore._table import natural_key
 from kvcore.testing import write_checkpoint
 
 EMPTY = {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}

@@ -20,17 +20,17 @@ import torch
 from validation_support import SHARD_1, SHARD_2, expect_refusal, rewrite_header
 
 import kvcore
-import kvcore._load
-import kvcore._safetensors
+import kvcore._checkpoint.safetensors
+import kvcore._loading.load
 from kvcore import CheckpointError
-from kvcore._suggest import NEIGHBOURS, Suggester
+from kvcore._loading.suggest import NEIGHBOURS, Suggester
 
 
 def test_same_size_rewrite_with_the_mtime_put_back(
     model: torch.nn.Module, ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shard = ckpt / SHARD_2
-    real = kvcore._load.build_plan
+    real = kvcore._loading.load.build_plan
 
     def plan_then_rewrite(*args: Any, **kwargs: Any) -> Any:
         plan = real(*args, **kwargs)
@@ -42,18 +42,18 @@ def test_same_size_rewrite_with_the_mtime_put_back(
         assert shard.stat().st_mtime_ns == before.st_mtime_ns and shard.stat().st_size == before.st_size
         return plan
 
-    monkeypatch.setattr(kvcore._load, "build_plan", plan_then_rewrite)
+    monkeypatch.setattr(kvcore._loading.load, "build_plan", plan_then_rewrite)
     expect_refusal(model, ckpt, CheckpointError, str(shard), "was modified", "load again")
 
 
 def test_more_entries_than_the_cap_are_refused_before_parsing(
     model: torch.nn.Module, ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kvcore._safetensors, "MAX_TENSORS", 5)
+    monkeypatch.setattr(kvcore._checkpoint.safetensors, "MAX_TENSORS", 5)
     parsed: list[str] = []
     for step in ("_quick_entries", "_parse_json"):
-        real = getattr(kvcore._safetensors, step)
-        monkeypatch.setattr(kvcore._safetensors, step,
+        real = getattr(kvcore._checkpoint.safetensors, step)
+        monkeypatch.setattr(kvcore._checkpoint.safetensors, step,
                             lambda *a, _real=real, _step=step: parsed.append(_step) or _real(*a))
     expect_refusal(model, ckpt, CheckpointError, str(ckpt / SHARD_1), "more than 5 tensor entries", "cap")
     assert parsed == []
@@ -63,7 +63,7 @@ def test_more_entries_than_the_cap_spelt_to_dodge_the_count(
     model: torch.nn.Module, ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A key spelt with a JSON escape escapes the byte count, not the check after parsing."""
-    monkeypatch.setattr(kvcore._safetensors, "MAX_TENSORS", 5)
+    monkeypatch.setattr(kvcore._checkpoint.safetensors, "MAX_TENSORS", 5)
     path = ckpt / SHARD_1
     rewrite_header(path, lambda h: json.dumps(h).replace('"data_offsets"', '"data\\u005foffsets"').encode())
     expect_refusal(model, ckpt, CheckpointError, str(path), "more than kvcore's cap of 5")
@@ -114,4 +114,4 @@ def test_a_refused_load_with_many_near_misses_does_bounded_work(
     with pytest.raises(kvcore.WeightLoadError) as caught:
         kvcore.load(model, ckpt)
     assert "layer_00000_weigth in model.safetensors (did you mean 'layer_00000_weight'?)" in str(caught.value)
-    assert len(compared) <= 2 * kvcore._load.SUGGESTIONS and max(compared) <= 4 * NEIGHBOURS
+    assert len(compared) <= 2 * kvcore._loading.load.SUGGESTIONS and max(compared) <= 4 * NEIGHBOURS

@@ -21,11 +21,11 @@ import torch
 from validation_support import FP8_CONFIG, changed, checkpoint_tensors, reference_model, snapshot
 
 import kvcore
-import kvcore._copy
-from kvcore._copy import _Pinned
-from kvcore._plan import Copy
-from kvcore._safetensors import TensorInfo
-from kvcore._targets import model_targets
+import kvcore._loading.copy
+from kvcore._checkpoint.safetensors import TensorInfo
+from kvcore._loading.copy import _Pinned
+from kvcore._loading.plan import Copy
+from kvcore._loading.targets import model_targets
 from kvcore.testing import write_checkpoint
 
 HERE = Path(__file__).parent
@@ -67,13 +67,13 @@ def scenario_storage_swapped_after_the_read_was_queued(directory: str) -> dict[s
     ckpt = write_checkpoint(Path(directory) / "ckpt", checkpoint_tensors(model), quantization_config=FP8_CONFIG)
     victim = model.get_parameter(SECOND_SHARD_PARAM)
     mutated = threading.Event()
-    real_read = kvcore._copy._Shard._read
+    real_read = kvcore._loading.copy._Shard._read
 
     def read_after_the_mutation(self: Any, *args: Any) -> int:
         mutated.wait(10)  # the queued reads run only once the loader below has shrunk the victim
         return real_read(self, *args)
 
-    kvcore._copy._Shard._read = read_after_the_mutation  # type: ignore[method-assign]
+    kvcore._loading.copy._Shard._read = read_after_the_mutation  # type: ignore[method-assign]
 
     def shrink_then_copy(param: torch.Tensor, loaded: torch.Tensor) -> None:
         victim.data = torch.empty(1, dtype=victim.dtype)

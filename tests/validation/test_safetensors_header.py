@@ -16,7 +16,7 @@ import torch
 from validation_support import SHARD_2, expect_refusal, header_of, last_tensor, rewrite_header
 
 from kvcore import CheckpointError
-from kvcore._safetensors import MAX_HEADER_BYTES
+from kvcore._checkpoint.safetensors import MAX_HEADER_BYTES
 
 FIX = "download or export it again"
 

@@ -136,7 +136,7 @@ def test_config_json_and_hf_quant_config_json_disagreeing(
 def test_config_json_and_hf_quant_config_json_agreeing(
     tmp_path: Path, config: dict, kv: str | None, algo: str | None
 ) -> None:
-    from kvcore._checkpoint import read_checkpoint
+    from kvcore._checkpoint.reader import read_checkpoint
 
     ckpt = write_checkpoint(tmp_path / "ckpt", checkpoint_tensors(reference_model()), quantization_config=config)
     _hf_quant_config(ckpt, kv, algo)

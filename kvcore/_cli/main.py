@@ -19,11 +19,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kvcore import __version__
+from kvcore._cli.render import render_demo, render_inspection, render_plugins
+from kvcore._cli.table import Style
 from kvcore._errors import KvcoreError
-from kvcore._plugins import get_plugin_manager, plugin_records
-from kvcore._render import render_demo, render_inspection, render_plugins
+from kvcore._plugins.manager import get_plugin_manager, plugin_records
 from kvcore._show import printable
-from kvcore._table import Style
 
 __all__ = ["main"]
 
@@ -135,7 +135,7 @@ def _plugins(args: argparse.Namespace) -> int:
 
 # The loader's modules import torch (seconds); `kvcore plugins` answers without them.
 def _inspect(args: argparse.Namespace) -> int:
-    from kvcore._inspect import inspect_checkpoint
+    from kvcore._cli.inspect import inspect_checkpoint
 
     result = inspect_checkpoint(args.checkpoint, tp_size=args.tp_size)
     _emit(args, result.as_dict(), lambda: render_inspection(result, _style(args)))
@@ -156,8 +156,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _demo_in(args: argparse.Namespace, directory: Path, *, kept: bool) -> int:
-    from kvcore._demo import run_demo
-    from kvcore._demo_hf import hf_demo, render_hf_demo
+    from kvcore._cli.demo import run_demo
+    from kvcore._cli.demo_hf import hf_demo, render_hf_demo
 
     results = run_demo(directory)
     hf = hf_demo()

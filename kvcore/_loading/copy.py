@@ -36,11 +36,11 @@ from typing import NamedTuple
 
 import torch
 
+from kvcore._checkpoint.file_tensor import FileTensor
+from kvcore._checkpoint.safetensors import DTYPES, TensorInfo, check_unchanged
 from kvcore._errors import CheckpointError, WeightLoadError
-from kvcore._file_tensor import FileTensor
-from kvcore._naming import loader_args
-from kvcore._plan import Copy
-from kvcore._safetensors import DTYPES, TensorInfo, check_unchanged
+from kvcore._loading.naming import loader_args
+from kvcore._loading.plan import Copy
 from kvcore._show import shown
 
 __all__ = ["copy_all"]

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from kvcore._checkpoint import read_checkpoint
-from kvcore._contributions import collect_mappers, combine
+from kvcore._checkpoint.reader import read_checkpoint
 from kvcore._errors import KvcoreError
-from kvcore._load import check_name_conflicts, plugin_mappers
+from kvcore._loading.load import check_name_conflicts, plugin_mappers
 from kvcore._mapper import WeightsMapper
-from kvcore._plugins import get_plugin_manager
+from kvcore._plugins.contributions import collect_mappers, combine
+from kvcore._plugins.manager import get_plugin_manager
 
 __all__ = ["plugin_mappers_for"]
 

@@ -9,13 +9,13 @@ from typing import NamedTuple
 import torch
 
 from kvcore._errors import WeightLoadError
-from kvcore._finalise import finalise_all, loaded_scales
+from kvcore._loading.finalise import finalise_all, loaded_scales
+from kvcore._loading.naming import ZERO_POINT_NAMES, Naming, accepts_shard, loader_args, shard_loader_error
+from kvcore._loading.plan import SKIP_SUBSTRS
+from kvcore._loading.targets import attention_modules, model_targets
 from kvcore._mapper import ShardId, WeightsMapper
 from kvcore._meaning import ScaleMeaning
-from kvcore._naming import ZERO_POINT_NAMES, Naming, accepts_shard, loader_args, shard_loader_error
-from kvcore._plan import SKIP_SUBSTRS
 from kvcore._scale_param import KVCacheScaleParameter, load_scale
-from kvcore._targets import attention_modules, model_targets
 
 __all__ = ["AutoWeightsLoader", "default_weight_loader"]
 

@@ -4,7 +4,7 @@ pluggy's ``load_setuptools_entrypoints`` aborts on the first broken plugin, leav
 half-registered plugins behind (pluggy #733), resolves a clashing name silently and follows
 filesystem order; kvcore owns the loop instead:
 
-- one scan per process (:func:`kvcore._entry_points.scan`), sorted by entry-point name then
+- one scan per process (:func:`kvcore._plugins.entry_points.scan`), sorted by entry-point name then
   distribution; the same entry point seen twice is folded; one name declared by two
   distributions is a conflict and neither is used;
 - each plugin is checked for compatibility, imported and registered on its own, and rolled
@@ -25,10 +25,10 @@ from typing import Any
 import pluggy
 
 from kvcore import hookspecs
-from kvcore._compat import incompatibility
-from kvcore._entry_points import normalize, scan
 from kvcore._errors import PluginError
-from kvcore._selection import Names, PluginSelection
+from kvcore._plugins.compat import incompatibility
+from kvcore._plugins.entry_points import normalize, scan
+from kvcore._plugins.selection import Names, PluginSelection
 from kvcore._warn import warn
 
 __all__ = [

@@ -15,10 +15,11 @@ from typing import Any
 
 import pluggy
 
-from kvcore._contributions import collect_mappers
+from kvcore._checkpoint.quant_config import QuantConfig
 from kvcore._errors import KvcoreError
 from kvcore._mapper import WeightsMapper
-from kvcore._plugins import (
+from kvcore._plugins.contributions import collect_mappers
+from kvcore._plugins.manager import (
     PluginRecord,
     _Manager,
     get_plugin_manager,
@@ -26,7 +27,6 @@ from kvcore._plugins import (
     plugin_records,
     register_plugin,
 )
-from kvcore._quant_config import QuantConfig
 
 __all__ = ["REAL_LOOKING_NAMES", "assert_maps", "check_plugin", "registered_plugin"]
 

@@ -9,7 +9,7 @@ from typing import Protocol, TypeVar
 
 import torch
 
-from kvcore._safetensors import TensorInfo
+from kvcore._checkpoint.safetensors import TensorInfo
 from kvcore._show import shown
 
 __all__ = ["HIGH", "LOW", "Findings", "check_layers", "check_value", "is_scale_like", "layer_pattern"]

@@ -15,15 +15,15 @@ from typing import NamedTuple
 
 import torch
 
+from kvcore._checkpoint.safetensors import DTYPES, TensorInfo
 from kvcore._errors import KvcoreError, MapperConflictError, WeightLoadError
+from kvcore._loading.naming import ZERO_POINT_NAMES, Naming, accepts_shard, shard_loader_error
+from kvcore._loading.parallel import SINGLE, Parallel, Part, rank_part
+from kvcore._loading.plan_scales import ScaleValue, check_zero_point, plan_scale
+from kvcore._loading.plan_scales import where as _where
+from kvcore._loading.suggest import Suggester
+from kvcore._loading.targets import Target, attention_modules
 from kvcore._mapper import ShardId, WeightsMapper
-from kvcore._naming import ZERO_POINT_NAMES, Naming, accepts_shard, shard_loader_error
-from kvcore._parallel import SINGLE, Parallel, Part, rank_part
-from kvcore._plan_scales import ScaleValue, check_zero_point, plan_scale
-from kvcore._plan_scales import where as _where
-from kvcore._safetensors import DTYPES, TensorInfo
-from kvcore._suggest import Suggester
-from kvcore._targets import Target, attention_modules
 
 __all__ = ["Copy", "Plan", "ScaleValue", "build_plan"]
 
@@ -351,5 +351,5 @@ def _convertible(source: torch.dtype, dest: torch.dtype) -> bool:
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string (bounded work: kvcore._suggest)."""
+    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
     return Suggester(candidates)(name)

@@ -23,11 +23,11 @@ from typing import Any
 
 import pluggy
 
+from kvcore._checkpoint.quant_config import QuantConfig
 from kvcore._errors import KvcoreError, MapperConflictError, PluginError
 from kvcore._mapper import ShardId, WeightsMapper
 from kvcore._meaning import ScaleMeaning
-from kvcore._plugins import plugin_records
-from kvcore._quant_config import QuantConfig
+from kvcore._plugins.manager import plugin_records
 
 __all__ = ["Contribution", "OwnThenPlugins", "collect_mappers", "combine", "meaning_of", "plugin_map_name"]
 

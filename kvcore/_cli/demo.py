@@ -12,13 +12,13 @@ from pathlib import Path
 import pluggy
 import torch
 
-from kvcore._checkpoint import read_checkpoint
-from kvcore._contributions import Contribution, collect_mappers, plugin_map_name
-from kvcore._demo_formats import FORMATS, DemoFormat
+from kvcore._checkpoint.quant_config import QuantConfig
+from kvcore._checkpoint.reader import read_checkpoint
+from kvcore._cli.demo_formats import FORMATS, DemoFormat
 from kvcore._errors import KvcoreError
-from kvcore._load import load, plugin_mappers
-from kvcore._plugins import get_plugin_manager, plugin_records
-from kvcore._quant_config import QuantConfig
+from kvcore._loading.load import load, plugin_mappers
+from kvcore._plugins.contributions import Contribution, collect_mappers, plugin_map_name
+from kvcore._plugins.manager import get_plugin_manager, plugin_records
 from kvcore.testing import tiny_llama, write_checkpoint
 
 __all__ = ["DemoResult", "run_demo"]

@@ -14,10 +14,10 @@ from typing import NamedTuple
 
 import torch
 
+from kvcore._checkpoint.safetensors import TensorInfo
 from kvcore._errors import WeightLoadError
-from kvcore._heads import per_kv_head, rank_heads
-from kvcore._safetensors import TensorInfo
-from kvcore._targets import Target
+from kvcore._loading.heads import per_kv_head, rank_heads
+from kvcore._loading.targets import Target
 
 __all__ = ["SINGLE", "Parallel", "Part", "rank_part", "rank_scale"]
 

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import torch
 
-from kvcore._checkpoint import Checkpoint, read_checkpoint
-from kvcore._contributions import Contribution, combine, meaning_of, plugin_map_name
+from kvcore._checkpoint.reader import Checkpoint, read_checkpoint
+from kvcore._checkpoint.safetensors import TensorInfo, read_tensor
+from kvcore._cli.inspect_checks import Findings, check_layers, check_value, is_scale_like, layer_pattern
+from kvcore._cli.inspect_tp import TensorParallel, split_heads
+from kvcore._cli.table import natural_key
 from kvcore._errors import KvcoreError
-from kvcore._inspect_checks import Findings, check_layers, check_value, is_scale_like, layer_pattern
-from kvcore._inspect_tp import TensorParallel, split_heads
-from kvcore._load import check_name_conflicts, plugin_mappers
+from kvcore._loading.load import check_name_conflicts, plugin_mappers
 from kvcore._mapper import WeightsMapper
 from kvcore._meaning import ScaleMeaning
-from kvcore._safetensors import TensorInfo, read_tensor
+from kvcore._plugins.contributions import Contribution, combine, meaning_of, plugin_map_name
 from kvcore._show import quoted
-from kvcore._table import natural_key
 
 __all__ = ["Anomaly", "Inspection", "ScaleEntry", "inspect_checkpoint"]
 

@@ -8,23 +8,23 @@ from pathlib import Path
 
 import torch
 
-from kvcore._checkpoint import Checkpoint, read_checkpoint
-from kvcore._contributions import Contribution, collect_mappers, combine, meaning_of, plugin_map_name
-from kvcore._copy import copy_all
+from kvcore._checkpoint.reader import Checkpoint, read_checkpoint
+from kvcore._checkpoint.safetensors import check_shards_unchanged
 from kvcore._errors import MapperConflictError, QuantConfigError, WeightLoadError
-from kvcore._finalise import finalise_all
-from kvcore._gc import paused_gc
+from kvcore._loading.copy import copy_all
+from kvcore._loading.finalise import finalise_all
+from kvcore._loading.gc import paused_gc
+from kvcore._loading.naming import ATTENTION_LEAVES
+from kvcore._loading.parallel import Parallel
+from kvcore._loading.plan import Plan, build_plan
+from kvcore._loading.progress import default_progress
+from kvcore._loading.suggest import Suggester
+from kvcore._loading.targets import Target, attention_modules, model_targets
 from kvcore._mapper import WeightsMapper
-from kvcore._naming import ATTENTION_LEAVES
-from kvcore._parallel import Parallel
-from kvcore._plan import Plan, build_plan
-from kvcore._plugins import get_plugin_manager, plugin_records
-from kvcore._progress import default_progress
+from kvcore._plugins.contributions import Contribution, collect_mappers, combine, meaning_of, plugin_map_name
+from kvcore._plugins.manager import get_plugin_manager, plugin_records
 from kvcore._report import LoadReport
-from kvcore._safetensors import check_shards_unchanged
 from kvcore._show import shown
-from kvcore._suggest import Suggester
-from kvcore._targets import Target, attention_modules, model_targets
 from kvcore._warn import warn
 
 __all__ = ["load", "parallel", "plugin_mappers"]
@@ -155,7 +155,7 @@ def check_name_conflicts(names: Iterable[str], contributions: list[Contribution]
 
 SUGGESTIONS = 20
 """Names that get a close-match suggestion (each compared with a bounded number of candidates,
-see kvcore._suggest): a checkpoint for the wrong model can have 10^5 offenders."""
+see kvcore._loading.suggest): a checkpoint for the wrong model can have 10^5 offenders."""
 
 
 def _settle_strictness(plan: Plan, strict: bool, ckpt: Checkpoint, targets: Mapping[str, Target]) -> None:

@@ -1,6 +1,6 @@
 """``kvcore inspect --tp-size T``: which KV heads each tensor-parallel rank's scales hold.
 
-The split itself is :func:`kvcore._heads.rank_heads`, the rule a load applies; this only asks
+The split itself is :func:`kvcore._loading.heads.rank_heads`, the rule a load applies; this only asks
 it, per rank, which of the checkpoint's ``H`` KV heads that rank gets.
 """
 
@@ -13,9 +13,9 @@ from typing import Protocol
 
 import torch
 
+from kvcore._cli.inspect_checks import Findings
 from kvcore._errors import WeightLoadError
-from kvcore._heads import rank_heads
-from kvcore._inspect_checks import Findings
+from kvcore._loading.heads import rank_heads
 
 __all__ = ["TensorParallel", "split_heads"]
 

@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kvcore._checkpoint.paths import ADVICE, describe, path_error, regular_file, resolve
+from kvcore._checkpoint.quant_config import QuantConfig
+from kvcore._checkpoint.safetensors import ShardHeader, TensorInfo, read_header, unique_keys
 from kvcore._errors import CheckpointError, QuantConfigError
-from kvcore._paths import ADVICE, describe, path_error, regular_file, resolve
-from kvcore._quant_config import QuantConfig
-from kvcore._safetensors import ShardHeader, TensorInfo, read_header, unique_keys
 
 __all__ = ["Checkpoint", "read_checkpoint"]
 

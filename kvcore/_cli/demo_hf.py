@@ -19,7 +19,7 @@ from kvcore._errors import KvcoreError
 
 __all__ = ["FIXTURE", "hf_demo", "render_hf_demo"]
 
-FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "real" / "llmcompressor" / "fp8_kv_tensor"
+FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "real" / "llmcompressor" / "fp8_kv_tensor"
 """A genuine llm-compressor 0.14 checkpoint (tiny Llama, per-tensor fp8 KV scales) in a checkout."""
 log = logging.getLogger("kvcore")
 PROMPT = list(range(1, 33))

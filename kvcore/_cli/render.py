@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from kvcore._cli.table import Style, render_table
 from kvcore._show import printable, shown
-from kvcore._table import Style, render_table
 
 if TYPE_CHECKING:  # annotations only: `kvcore plugins` must not import torch through them
-    from kvcore._demo import DemoResult
-    from kvcore._inspect import Anomaly, Inspection
-    from kvcore._inspect_tp import TensorParallel
-    from kvcore._plugins import PluginRecord
+    from kvcore._cli.demo import DemoResult
+    from kvcore._cli.inspect import Anomaly, Inspection
+    from kvcore._cli.inspect_tp import TensorParallel
+    from kvcore._plugins.manager import PluginRecord
 
 __all__ = ["fmt_value", "render_demo", "render_inspection", "render_plugins"]
 

@@ -22,9 +22,9 @@ import torch
 
 from kvcore._attention import SCALE_NAMES
 from kvcore._errors import WeightLoadError
-from kvcore._experts import ExpertPacking, ExpertShard
+from kvcore._loading.experts import ExpertPacking, ExpertShard
+from kvcore._loading.targets import Target, attention_modules
 from kvcore._mapper import ShardId, WeightsMapper
-from kvcore._targets import Target, attention_modules
 
 __all__ = [
     "ATTENTION_LEAVES",

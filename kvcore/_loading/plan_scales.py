@@ -6,11 +6,11 @@ import dataclasses
 
 import torch
 
+from kvcore._checkpoint.safetensors import TensorInfo, read_tensor
 from kvcore._errors import WeightLoadError
-from kvcore._parallel import Parallel, rank_scale
-from kvcore._safetensors import TensorInfo, read_tensor
+from kvcore._loading.parallel import Parallel, rank_scale
+from kvcore._loading.targets import Target
 from kvcore._scale_param import check_scale_value
-from kvcore._targets import Target
 
 __all__ = ["MAX_SCALE_VALUES", "ScaleValue", "check_zero_point", "plan_scale", "read_scale", "where"]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from kvcore._plan import Copy
+    from kvcore._loading.plan import Copy
 
 __all__ = ["MIN_BYTES", "ProgressBar", "default_progress", "human_bytes"]
 

@@ -1,0 +1,1 @@
+"""The ``kvcore`` command: a thin face over loading (main, inspect, demo, rendering)."""

@@ -1,0 +1,1 @@
+"""Loading into a model: targets, packing, tensor parallelism, the plan, the copy, finalisation."""

@@ -1,0 +1,1 @@
+"""Format plugins: discovery, selection, compatibility, their contributions, the conformance kit."""

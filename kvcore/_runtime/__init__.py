@@ -1,0 +1,1 @@
+"""What a kernel computes with the scales: quantize and dequantize a KV cache."""
