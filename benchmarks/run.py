@@ -4,6 +4,12 @@ Prints one Markdown table of figures and ratios, all measured in this run. Every
 loads in its own process (so peak RSS is its own); the processes of one scenario run in
 rounds, and each round rotates the order, so that a noisy neighbour hurts all contenders
 alike. Environment: ``KVCORE_BENCH_ROUNDS`` (default 5), ``KVCORE_BENCH_VLLM=1`` to add vLLM.
+
+Every timed figure is reported twice: the median over all rounds and the best (fastest) of
+them. A busy neighbour inflates medians (on two cores a two-thread copy suffers most), never
+the best, so ratios are given best/best beside median/median and the memcpy floor stays a
+floor. The system load average is sampled before, after and between the processes, and the
+table says when the 1-minute load exceeded the core count: such a run is noisy.
 """
 
 from __future__ import annotations
@@ -23,33 +29,55 @@ import _data  # noqa: E402 - needs the sys.path entry above
 REPEAT = 3
 """Timed loads per process, after one untimed warm-up load."""
 Result = dict[str, object]
+LOAD_SAMPLES: list[tuple[float, float, float]] = []
+"""``os.getloadavg()`` before the run, after every process, and at the end."""
+
+
+def _sample_load() -> float:
+    """Record the load average now; return its 1-minute figure."""
+    LOAD_SAMPLES.append(os.getloadavg())
+    return LOAD_SAMPLES[-1][0]
+
+
+def _load_summary() -> Result:
+    ones = [sample[0] for sample in LOAD_SAMPLES]
+    return {"before": LOAD_SAMPLES[0], "after": LOAD_SAMPLES[-1], "max_1min": max(ones),
+            "median_1min": statistics.median(ones), "samples": len(ones), "cores": os.cpu_count() or 1}
 
 
 def _run(python: Path | str, *args: object, env: dict[str, str] | None = None) -> Result:
     command = [str(python), *map(str, args)]
     done = subprocess.run(command, cwd=HERE, capture_output=True, text=True, env=env, check=False)
+    _sample_load()
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _spread(values: list[float]) -> tuple[float, float]:
+    """(median, best): the typical figure and the floor a quiet machine reaches."""
+    return statistics.median(values), min(values)
+
+
 def _rounds(contenders: dict[str, tuple[Path | str, Path]], rounds: int) -> dict[str, Result]:
-    """Run each contender ``rounds`` times, rotating the order; pool times, median RSS."""
+    """Run each contender ``rounds`` times, rotating the order; pool times (median and best), median RSS."""
     names = list(contenders)
     runs: dict[str, list[Result]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
             python, ckpt = contenders[name]
             runs[name].append(_run(python, "_worker.py", name.split(":")[0], ckpt, REPEAT))
-            print(f"  round {r + 1}/{rounds} {name}: {min(runs[name][-1]['times']) * 1e3:.1f} ms",
-                  file=sys.stderr)
+            print(f"  round {r + 1}/{rounds} {name}: {min(runs[name][-1]['times']) * 1e3:.1f} ms "
+                  f"(load {LOAD_SAMPLES[-1][0]:.2f})", file=sys.stderr)
     return {name: _summary(results) for name, results in runs.items()}
 
 
 def _summary(results: list[Result]) -> Result:
     times = [t for result in results for t in result["times"]]  # type: ignore[attr-defined]
+    median, best = _spread(times)
     return {
-        "time": statistics.median(times),
+        "time": median,
+        "best": best,
         "peak_rss": statistics.median(r["peak_rss"] for r in results),  # type: ignore[misc]
         "model_rss": statistics.median(r["model_rss"] for r in results),  # type: ignore[misc]
         "tensors": results[0]["tensors"],
@@ -84,13 +112,21 @@ def _discovery(rounds: int) -> dict[str, Result]:
     for _ in range(rounds):
         runs["first-party"].append(_run(sys.executable, "_probes.py", "discovery", 9, env=plain))
         runs["+500 dists"].append(_run(sys.executable, "_probes.py", "discovery", 9, env=crowded))
-    return {k: {m: statistics.median(r[m] for r in v) for m in ("first", "warm")} for k, v in runs.items()}
+    return {k: _first_and_warm(v) for k, v in runs.items()}
+
+
+def _first_and_warm(runs: list[Result]) -> Result:
+    """Median and best over the processes of each probe's first call and warm median."""
+    result: Result = {}
+    for m in ("first", "warm"):
+        result[m], result[f"{m}_best"] = _spread([r[m] for r in runs])  # type: ignore[misc]
+    return result
 
 
 def _inspect(rounds: int) -> Result:
     ckpt = _data.checkpoint(_data.INSPECT)
     runs = [_run(sys.executable, "_probes.py", "inspect", ckpt, 5) for _ in range(rounds)]
-    result = {m: statistics.median(r[m] for r in runs) for m in ("first", "warm")}  # type: ignore[misc]
+    result = _first_and_warm(runs)
     result.update({k: runs[0][k] for k in ("bytes_read", "checkpoint_bytes", "needed_bytes")})
     return result
 
@@ -105,19 +141,23 @@ def _tensor_parallel(rounds: int) -> dict[str, Result]:
     for r in range(rounds):
         for name, (mode, rank, size) in cases.items():
             runs[name].append(_run(sys.executable, "_tp.py", mode, ckpt, rank, size, 1))
-            print(f"  round {r + 1}/{rounds} {name}: {runs[name][-1]['times'][0] * 1e3:.0f} ms", file=sys.stderr)
-    return {
-        name: {
-            "time": statistics.median(t for r in results for t in r["times"]),  # type: ignore[attr-defined]
+            print(f"  round {r + 1}/{rounds} {name}: {runs[name][-1]['times'][0] * 1e3:.0f} ms "
+                  f"(load {LOAD_SAMPLES[-1][0]:.2f})", file=sys.stderr)
+    summary: dict[str, Result] = {}
+    for name, results in runs.items():
+        median, best = _spread([t for r in results for t in r["times"]])  # type: ignore[attr-defined]
+        summary[name] = {
+            "time": median,
+            "best": best,
             "resident": statistics.median(x for r in results for x in r["resident"]),  # type: ignore[attr-defined]
             "checkpoint_bytes": results[0]["checkpoint_bytes"],
         }
-        for name, results in runs.items()
-    }
+    return summary
 
 
 def main() -> None:
     rounds = int(os.environ.get("KVCORE_BENCH_ROUNDS", "5"))
+    print(f"load average before the run: {_sample_load():.2f} (1 min) on {os.cpu_count()} cores", file=sys.stderr)
     vllm = None
     if os.environ.get("KVCORE_BENCH_VLLM") == "1":
         import _vllm
@@ -126,6 +166,8 @@ def main() -> None:
     loads = _load_scenarios(rounds, vllm)
     results = {"loads": loads, "discovery": _discovery(rounds), "inspect": _inspect(rounds),
                "tp": _tensor_parallel(rounds)}
+    _sample_load()
+    results["load"] = _load_summary()
     (_data.DATA / "results.json").write_text(json.dumps(results, indent=2))
     from _table import render
 
