@@ -20,6 +20,7 @@ from typing import Any
 
 import kvcore
 from kvcore_vllm._gate import log
+from kvcore_vllm._prefilter import candidates
 
 __all__ = ["CacheScaleMapper", "install", "local_directory", "vllm_mapper"]
 
@@ -143,9 +144,13 @@ class CacheScaleMapper:
         return combined
 
     def _check(self, names: list[str], combined: Any, plugins: list[str]) -> int:
-        """How many tensors the plugins rename; a tensor vLLM's rules place must stay there."""
+        """How many tensors the plugins rename; a tensor vLLM's rules place must stay there.
+
+        Only the names some rule of ``combined`` (vLLM's and the plugins') can match go through
+        the two ``map_name`` calls: every other name is left as it is by both (``_prefilter``).
+        """
         moved = 0
-        for name in names:
+        for name in candidates(names, combined):
             ours, both = self.vllm_rules.map_name(name), combined.map_name(name)
             if both == ours:
                 continue
