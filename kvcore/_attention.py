@@ -7,12 +7,11 @@ from collections.abc import Callable
 
 import torch
 
+from kvcore._names import KV_CACHE_DTYPES, SCALE_NAMES
 from kvcore._scale_param import KVCacheScaleParameter
 
 __all__ = ["KV_CACHE_DTYPES", "SCALE_NAMES", "Attention"]
 
-KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "nvfp4")
-SCALE_NAMES = ("k_scale", "v_scale", "q_scale", "prob_scale")
 
 
 class Attention(torch.nn.Module):

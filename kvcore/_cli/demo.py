@@ -16,8 +16,9 @@ from kvcore._checkpoint.quant_config import QuantConfig
 from kvcore._checkpoint.reader import read_checkpoint
 from kvcore._cli.demo_formats import FORMATS, DemoFormat
 from kvcore._errors import KvcoreError
-from kvcore._loading.load import load, plugin_mappers
+from kvcore._loading.load import load
 from kvcore._plugins.contributions import Contribution, collect_mappers, plugin_map_name
+from kvcore._plugins.for_checkpoint import plugin_mappers
 from kvcore._plugins.manager import get_plugin_manager, plugin_records
 from kvcore.testing import tiny_llama, write_checkpoint
 

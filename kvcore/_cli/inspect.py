@@ -17,19 +17,16 @@ from kvcore._checkpoint.reader import Checkpoint, read_checkpoint
 from kvcore._checkpoint.safetensors import TensorInfo, read_tensor
 from kvcore._cli.inspect_checks import Findings, check_layers, check_value, is_scale_like, layer_pattern
 from kvcore._cli.inspect_tp import TensorParallel, split_heads
-from kvcore._cli.table import natural_key
 from kvcore._errors import KvcoreError
-from kvcore._loading.load import check_name_conflicts, plugin_mappers
 from kvcore._mapper import WeightsMapper
 from kvcore._meaning import ScaleMeaning
+from kvcore._names import KV_BIAS_NAMES, SCALE_NAMES, ZERO_POINT_NAMES, natural_key
 from kvcore._plugins.contributions import Contribution, combine, meaning_of, plugin_map_name
+from kvcore._plugins.for_checkpoint import check_name_conflicts, plugin_mappers
 from kvcore._show import quoted
 
 __all__ = ["Anomaly", "Inspection", "ScaleEntry", "inspect_checkpoint"]
 
-SCALE_NAMES = ("k_scale", "v_scale", "q_scale", "prob_scale")
-ZERO_POINTS = ("k_zero_point", "v_zero_point", "q_zero_point")
-KV_BIASES = ("k_bias", "v_bias")
 MAX_READ = 1 << 16
 """Scales are one value or one per KV head; anything bigger is not read."""
 
@@ -115,9 +112,9 @@ def inspect_checkpoint(path: str | Path, *, tp_size: int | None = None) -> Inspe
             if _claim(claimed, info, mapped, findings):
                 entry = _scale_entry(info, mapped, heads, contributions, findings)
                 layers.setdefault(parent, {})[attr] = entry
-        elif attr in ZERO_POINTS:
+        elif attr in ZERO_POINT_NAMES:
             _zero_point(info, findings)
-        elif attr in KV_BIASES:
+        elif attr in KV_BIAS_NAMES:
             findings.group("warning", f"{attr} present", name, _BIAS_NOTE)
         elif mapped == name and is_scale_like(name):
             findings.group("warning", f"unmapped {layer_pattern(name)}", name, _UNMAPPED_NOTE)

@@ -7,13 +7,12 @@ when the stream is a terminal and ``NO_COLOR`` is unset (https://no-color.org).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from typing import TextIO
 
 from kvcore._show import printable
 
-__all__ = ["Style", "natural_key", "render_table"]
+__all__ = ["Style", "render_table"]
 
 _CODES = {"red": "31", "yellow": "33", "green": "32", "cyan": "36", "dim": "2", "bold": "1"}
 
@@ -59,12 +58,3 @@ def render_table(
 
 def _line(cells: Sequence[str], widths: list[int], colours: Sequence[str | None], style: Style) -> str:
     return "  ".join(style(c.ljust(w), col) for c, w, col in zip(cells, widths, colours, strict=True))
-
-
-def natural_key(name: str) -> tuple[object, ...]:
-    r"""Sort ``layers.2`` before ``layers.10``.
-
-    ``\d`` matches exactly the characters ``str.isdecimal`` accepts, which ``int`` reads;
-    ``isdigit`` would also accept ``'²'``, which ``int`` refuses.
-    """
-    return tuple(int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", name))

@@ -10,17 +10,18 @@ import torch
 
 from kvcore._errors import WeightLoadError
 from kvcore._loading.finalise import finalise_all, loaded_scales
-from kvcore._loading.naming import ZERO_POINT_NAMES, Naming, accepts_shard, loader_args, shard_loader_error
+from kvcore._loading.naming import Naming, accepts_shard, loader_args, shard_loader_error
 from kvcore._loading.plan import SKIP_SUBSTRS
 from kvcore._loading.targets import attention_modules, model_targets
 from kvcore._mapper import ShardId, WeightsMapper
 from kvcore._meaning import ScaleMeaning
+from kvcore._names import KV_BIAS_NAMES, ZERO_POINT_NAMES
 from kvcore._scale_param import KVCacheScaleParameter, load_scale
 
 __all__ = ["AutoWeightsLoader", "default_weight_loader"]
 
 Weights = Iterable[tuple[str, torch.Tensor]]
-OFFSETS = ZERO_POINT_NAMES | {"k_bias", "v_bias"}
+OFFSETS = ZERO_POINT_NAMES | KV_BIAS_NAMES
 """Leaves of zero points and ModelOpt's affine biases: all-zero ones are dropped, others refused."""
 
 

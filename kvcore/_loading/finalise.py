@@ -6,10 +6,9 @@ import logging
 
 import torch
 
-from kvcore._attention import SCALE_NAMES
 from kvcore._loading.interpret import interpret
-from kvcore._loading.plan import ScaleValue
 from kvcore._meaning import ScaleMeaning
+from kvcore._names import SCALE_NAMES, ScaleValue
 from kvcore._scale_param import DEFAULTED, NOT_LOADED, store_scale
 from kvcore._show import shown
 from kvcore._warn import warn

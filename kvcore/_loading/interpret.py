@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from kvcore._loading.plan import ScaleValue
 from kvcore._meaning import ScaleMeaning
+from kvcore._names import ScaleValue
 
 __all__ = ["interpret", "is_mla_model"]
 

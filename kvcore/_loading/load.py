@@ -10,7 +10,7 @@ import torch
 
 from kvcore._checkpoint.reader import Checkpoint, read_checkpoint
 from kvcore._checkpoint.safetensors import check_shards_unchanged
-from kvcore._errors import MapperConflictError, QuantConfigError, WeightLoadError
+from kvcore._errors import WeightLoadError
 from kvcore._loading.copy import copy_all
 from kvcore._loading.finalise import finalise_all
 from kvcore._loading.gc import paused_gc
@@ -21,13 +21,13 @@ from kvcore._loading.progress import default_progress
 from kvcore._loading.suggest import Suggester
 from kvcore._loading.targets import Target, attention_modules, model_targets
 from kvcore._mapper import WeightsMapper
-from kvcore._plugins.contributions import Contribution, collect_mappers, combine, meaning_of, plugin_map_name
-from kvcore._plugins.manager import get_plugin_manager, plugin_records
+from kvcore._plugins.contributions import Contribution, combine, meaning_of
+from kvcore._plugins.for_checkpoint import check_name_conflicts, plugin_mappers
 from kvcore._report import LoadReport
 from kvcore._show import shown
 from kvcore._warn import warn
 
-__all__ = ["load", "parallel", "plugin_mappers"]
+__all__ = ["load", "parallel"]
 
 log = logging.getLogger("kvcore")
 
@@ -91,66 +91,6 @@ def parallel(ckpt: Checkpoint, tp_rank: int, tp_size: int) -> Parallel:
         raise WeightLoadError(f"tp_rank={tp_rank}, tp_size={tp_size}: need tp_size >= 1 and 0 <= tp_rank < tp_size")
     heads = ckpt.config.get("num_key_value_heads", ckpt.config.get("num_attention_heads"))
     return Parallel(tp_rank, tp_size, heads if isinstance(heads, int) and heads > 0 else None)
-
-
-def plugin_mappers(
-    ckpt: Checkpoint,
-    *,
-    strict: bool,
-    plugins: Iterable[str] | None = None,
-    disable_plugins: Iterable[str] | None = None,
-) -> list[Contribution]:
-    """The plugins' mappers for ``ckpt``'s quantization config (none when unquantized)."""
-    if ckpt.quant_config is None:
-        return []
-    pm = get_plugin_manager(plugins=plugins, disable_plugins=disable_plugins)
-    source = ckpt.quant_config.source or str(ckpt.directory)
-    try:
-        contributions = collect_mappers(pm, ckpt.quant_config)
-    except QuantConfigError as exc:
-        # Plugins name the field; only the core knows which file the config came from.
-        raise QuantConfigError(
-            f"{source}: {exc}. Correct the config in {source.rpartition(':')[0] or source}, or "
-            "re-export the checkpoint with a setting the plugin supports"
-        ) from exc
-    if contributions:
-        return contributions
-    method = ckpt.quant_config.quant_method
-    records = plugin_records(pm)
-    installed = ", ".join(r.label for r in records.values() if r.status == "loaded") or "none"
-    message = (
-        f"{ckpt.quant_config.source or ckpt.directory} declares quant_method {method!r}, which no "
-        f"installed kvcore plugin handles (loaded plugins: {installed}). Install the plugin for "
-        f"this format (for example `pip install kvcore-{method}`), or pass strict=False to load "
-        "without KV-cache scale mapping"
-    )
-    if strict:
-        raise QuantConfigError(message)
-    warn(message)
-    return []
-
-
-def check_name_conflicts(names: Iterable[str], contributions: list[Contribution]) -> None:
-    """Two plugins' mappers, each alone, must not send one tensor to different names."""
-    if len(contributions) < 2:
-        return
-    for name in names:
-        claims: dict[str, Contribution] = {}
-        for contribution in contributions:
-            mapped = plugin_map_name(contribution, name)
-            if mapped is None or mapped == name:
-                continue
-            for other_target, other in claims.items():
-                if other_target != mapped:
-                    raise MapperConflictError(
-                        f"checkpoint tensor {name!r}: plugin {other.label} maps it to "
-                        f"{other_target!r} but plugin {contribution.label} maps it to {mapped!r}; "
-                        "disable one of them (KVCORE_DISABLE_PLUGINS)",
-                        kind="tensor",
-                        pattern=name,
-                        targets=(other_target, mapped),
-                    )
-            claims[mapped] = contribution
 
 
 SUGGESTIONS = 20

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from kvcore._attention import SCALE_NAMES
 from kvcore._errors import WeightLoadError
 from kvcore._loading.experts import ExpertPacking, ExpertShard
 from kvcore._loading.targets import Target, attention_modules
 from kvcore._mapper import ShardId, WeightsMapper
+from kvcore._names import SCALE_NAMES, ZERO_POINT_NAMES
 
 __all__ = [
     "ATTENTION_LEAVES",
@@ -36,7 +36,6 @@ __all__ = [
     "shard_loader_error",
 ]
 
-ZERO_POINT_NAMES = frozenset({"k_zero_point", "v_zero_point", "q_zero_point"})
 ATTENTION_LEAVES = frozenset(SCALE_NAMES) | ZERO_POINT_NAMES
 """Leaves that belong to an attention module: redirected to the one below ``<P>``."""
 

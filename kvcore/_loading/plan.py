@@ -17,15 +17,16 @@ import torch
 
 from kvcore._checkpoint.safetensors import DTYPES, TensorInfo
 from kvcore._errors import KvcoreError, MapperConflictError, WeightLoadError
-from kvcore._loading.naming import ZERO_POINT_NAMES, Naming, accepts_shard, shard_loader_error
+from kvcore._loading.naming import Naming, accepts_shard, shard_loader_error
 from kvcore._loading.parallel import SINGLE, Parallel, Part, rank_part
-from kvcore._loading.plan_scales import ScaleValue, check_zero_point, plan_scale
+from kvcore._loading.plan_scales import check_zero_point, plan_scale
 from kvcore._loading.plan_scales import where as _where
 from kvcore._loading.suggest import Suggester
 from kvcore._loading.targets import Target, attention_modules
 from kvcore._mapper import ShardId, WeightsMapper
+from kvcore._names import ZERO_POINT_NAMES, ScaleValue
 
-__all__ = ["Copy", "Plan", "ScaleValue", "build_plan"]
+__all__ = ["Copy", "Plan", "build_plan"]
 
 SKIP_SUBSTRS = (
     "rotary_pos_emb.inv_freq",

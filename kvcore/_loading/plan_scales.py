@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from kvcore._checkpoint.safetensors import TensorInfo, read_tensor
 from kvcore._errors import WeightLoadError
 from kvcore._loading.parallel import Parallel, rank_scale
 from kvcore._loading.targets import Target
+from kvcore._names import ScaleValue
 from kvcore._scale_param import check_scale_value
 
-__all__ = ["MAX_SCALE_VALUES", "ScaleValue", "check_zero_point", "plan_scale", "read_scale", "where"]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ScaleValue:
-    """A validated KV-cache scale: float32, flat (one element, or one per KV head)."""
-
-    value: torch.Tensor
-    source: str
+__all__ = ["MAX_SCALE_VALUES", "check_zero_point", "plan_scale", "read_scale", "where"]
 
 
 def where(info: TensorInfo, target: str) -> str:

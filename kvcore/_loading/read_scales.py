@@ -14,16 +14,16 @@ import torch
 
 from kvcore._checkpoint.reader import Checkpoint, read_checkpoint
 from kvcore._checkpoint.safetensors import TensorInfo
-from kvcore._cli.table import natural_key
 from kvcore._errors import WeightLoadError
 from kvcore._loading.finalise import Value, final_values
 from kvcore._loading.heads import per_kv_head, rank_heads
 from kvcore._loading.interpret import interpret, is_mla_model
-from kvcore._loading.load import check_name_conflicts, parallel, plugin_mappers
-from kvcore._loading.naming import ZERO_POINT_NAMES
-from kvcore._loading.plan_scales import ScaleValue, check_zero_point, read_scale, where
+from kvcore._loading.load import parallel
+from kvcore._loading.plan_scales import check_zero_point, read_scale, where
 from kvcore._mapper import WeightsMapper
+from kvcore._names import ZERO_POINT_NAMES, ScaleValue, natural_key
 from kvcore._plugins.contributions import Contribution, combine, meaning_of
+from kvcore._plugins.for_checkpoint import check_name_conflicts, plugin_mappers
 
 __all__ = ["mapper_for", "read_kv_scales"]
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from kvcore._attention import SCALE_NAMES
+from kvcore._names import SCALE_NAMES
 from kvcore._scale_param import KVCacheScaleParameter
 
 __all__ = ["Target", "attention_modules", "model_targets"]

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from kvcore._checkpoint.reader import read_checkpoint
-from kvcore._errors import KvcoreError
-from kvcore._loading.load import check_name_conflicts, plugin_mappers
+from kvcore._checkpoint.reader import Checkpoint, read_checkpoint
+from kvcore._errors import KvcoreError, MapperConflictError, QuantConfigError
 from kvcore._mapper import WeightsMapper
-from kvcore._plugins.contributions import collect_mappers, combine
-from kvcore._plugins.manager import get_plugin_manager
+from kvcore._plugins.contributions import Contribution, collect_mappers, combine, plugin_map_name
+from kvcore._plugins.manager import get_plugin_manager, plugin_records
+from kvcore._warn import warn
 
-__all__ = ["plugin_mappers_for"]
+__all__ = ["check_name_conflicts", "plugin_mappers", "plugin_mappers_for"]
 
 
 def plugin_mappers_for(
@@ -50,3 +50,63 @@ def plugin_mappers_for(
     combine(WeightsMapper(), contributions)
     check_name_conflicts(ckpt.tensors, contributions)
     return {c.plugin: c.mapper for c in contributions}
+
+
+def plugin_mappers(
+    ckpt: Checkpoint,
+    *,
+    strict: bool,
+    plugins: Iterable[str] | None = None,
+    disable_plugins: Iterable[str] | None = None,
+) -> list[Contribution]:
+    """The plugins' mappers for ``ckpt``'s quantization config (none when unquantized)."""
+    if ckpt.quant_config is None:
+        return []
+    pm = get_plugin_manager(plugins=plugins, disable_plugins=disable_plugins)
+    source = ckpt.quant_config.source or str(ckpt.directory)
+    try:
+        contributions = collect_mappers(pm, ckpt.quant_config)
+    except QuantConfigError as exc:
+        # Plugins name the field; only the core knows which file the config came from.
+        raise QuantConfigError(
+            f"{source}: {exc}. Correct the config in {source.rpartition(':')[0] or source}, or "
+            "re-export the checkpoint with a setting the plugin supports"
+        ) from exc
+    if contributions:
+        return contributions
+    method = ckpt.quant_config.quant_method
+    records = plugin_records(pm)
+    installed = ", ".join(r.label for r in records.values() if r.status == "loaded") or "none"
+    message = (
+        f"{ckpt.quant_config.source or ckpt.directory} declares quant_method {method!r}, which no "
+        f"installed kvcore plugin handles (loaded plugins: {installed}). Install the plugin for "
+        f"this format (for example `pip install kvcore-{method}`), or pass strict=False to load "
+        "without KV-cache scale mapping"
+    )
+    if strict:
+        raise QuantConfigError(message)
+    warn(message)
+    return []
+
+
+def check_name_conflicts(names: Iterable[str], contributions: list[Contribution]) -> None:
+    """Two plugins' mappers, each alone, must not send one tensor to different names."""
+    if len(contributions) < 2:
+        return
+    for name in names:
+        claims: dict[str, Contribution] = {}
+        for contribution in contributions:
+            mapped = plugin_map_name(contribution, name)
+            if mapped is None or mapped == name:
+                continue
+            for other_target, other in claims.items():
+                if other_target != mapped:
+                    raise MapperConflictError(
+                        f"checkpoint tensor {name!r}: plugin {other.label} maps it to "
+                        f"{other_target!r} but plugin {contribution.label} maps it to {mapped!r}; "
+                        "disable one of them (KVCORE_DISABLE_PLUGINS)",
+                        kind="tensor",
+                        pattern=name,
+                        targets=(other_target, mapped),
+                    )
+            claims[mapped] = contribution

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from kvcore._cli.table import Style, natural_key, render_table
+from kvcore._cli.table import Style, render_table
 from kvcore._loading.progress import ProgressBar, default_progress, human_bytes
+from kvcore._names import natural_key
 
 
 class _Terminal(io.StringIO):

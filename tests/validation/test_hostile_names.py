@@ -17,7 +17,7 @@ from validation_support import FP8_CONFIG, checkpoint_tensors, expect_refusal, r
 
 import kvcore
 from kvcore._cli.main import main
-from kvcore._cli.table import natural_key
+from kvcore._names import natural_key
 from kvcore._show import printable, shown
 from kvcore.testing import write_checkpoint
 
