@@ -76,7 +76,7 @@ class Attention(torch.nn.Module):
         for name in scales:
             self._parameters[name] = None
         try:
-            super()._apply(fn, recurse)
+            super()._apply(fn, recurse)  # type: ignore[no-untyped-call]  # torch leaves _apply untyped
         finally:
             self._parameters.update(scales)
         for param in scales.values():

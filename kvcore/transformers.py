@@ -62,8 +62,8 @@ if _version(transformers.__version__) < MIN_TRANSFORMERS:  # pragma: no cover - 
     )
 
 
-class _Fp8Storage:
-    """Mixin over a transformers cache layer: store what ``update`` receives as scaled fp8.
+class _Fp8Storage(DynamicLayer):
+    """A transformers cache layer that stores what ``update`` receives as scaled fp8.
 
     The parent layer keeps its own logic (concatenation, sliding window, cropping, beam reordering,
     mask sizes) on the fp8 tensors; ``update`` returns them dequantized in the input's dtype.
@@ -116,7 +116,7 @@ class _Fp8Storage:
         return keys, dequantize_shaped(values, v_scale, value_states.dtype)
 
 
-class Fp8Layer(_Fp8Storage, DynamicLayer):
+class Fp8Layer(_Fp8Storage):
     """A full-attention layer storing fp8 keys and values with fixed, calibrated scales."""
 
 
@@ -298,7 +298,8 @@ def _check_fits(
 ) -> None:
     """The checkpoint's layer count and KV heads must be the model's."""
     ckpt_config = ckpt.config
-    ckpt_text = ckpt_config.get("text_config") if isinstance(ckpt_config.get("text_config"), dict) else ckpt_config
+    text_config = ckpt_config.get("text_config")
+    ckpt_text = text_config if isinstance(text_config, dict) else ckpt_config
     heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
     ckpt_layers = ckpt_text.get("num_hidden_layers")
     ckpt_heads = ckpt_text.get("num_key_value_heads", ckpt_text.get("num_attention_heads"))
