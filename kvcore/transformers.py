@@ -16,7 +16,6 @@ does) and returns a cache whose layers store ``quantize_kv(x, scale)`` and hand 
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,10 @@ import torch
 
 from kvcore._checkpoint.reader import Checkpoint, read_checkpoint
 from kvcore._errors import QuantConfigError, WeightLoadError
-from kvcore._loading.read_scales import _contributions, read_kv_scales
-from kvcore._mapper import WeightsMapper
-from kvcore._plugins.contributions import combine, meaning_of
+from kvcore._loading.load import parallel
+from kvcore._loading.read_scales import CheckpointScales, checked_contributions, scales_of
 from kvcore._runtime.kv_quant import FP8_DTYPES, KvCacheDtypeError, dequantize_shaped, quantize_shaped
+from kvcore._warn import warn
 
 try:
     import transformers
@@ -171,21 +170,19 @@ def kv_cache(model: Any, checkpoint: str | Path, *, kv_cache_dtype: str = "fp8")
     model_name = _model_name(model, config)
     ckpt = read_checkpoint(directory)
     _check_calibration(ckpt, directory)
-    scaled, caveat = _scaled_modules(ckpt, directory)
-    scales = read_kv_scales(directory)
+    found = scales_of(ckpt, checked_contributions(ckpt, None, None), parallel(ckpt, 0, 1), None)
+    scaled, scales = _scaled_modules(found, directory), found.final
     by_layer = _by_layer(scales, directory)
     layer_types = _layer_types(config, model_name)
     _check_fits(ckpt, directory, model_name, config, by_layer, len(layer_types))
     unscaled = sorted(set(scales) - scaled)
     if unscaled:
-        warnings.warn(
+        warn(
             f"checkpoint {directory} has no k or v scale for {', '.join(unscaled)}; their fp8 KV cache uses "
-            "1.0, which may lose accuracy",
-            UserWarning,
-            stacklevel=2,
+            "1.0, which may lose accuracy"
         )
-    if caveat:
-        warnings.warn(f"checkpoint {directory}: {caveat} ({', '.join(sorted(scaled))})", UserWarning, stacklevel=2)
+    if found.meaning.caveat:
+        warn(f"checkpoint {directory}: {found.meaning.caveat} ({', '.join(sorted(scaled))})")
     layers: list[_Fp8Storage] = []
     for index, (parent, layer_kwargs) in enumerate(layer_types):
         module, values = by_layer[index]
@@ -331,16 +328,9 @@ def _check_fits(
                 )
 
 
-def _scaled_modules(ckpt: Checkpoint, directory: Path) -> tuple[set[str], str | None]:
-    """The attention modules the checkpoint has a k or v scale for (none at all is an error), and
-    the plugin's caveat about what they measured (e.g. keys before ``k_norm``), if any."""
-    contributions = _contributions(ckpt, None, None)
-    mapper = combine(WeightsMapper(), contributions)
-    scaled = set()
-    for name in ckpt.tensors:
-        module, _, attr = (mapper.map_name(name) or "").rpartition(".")
-        if attr in ("k_scale", "v_scale"):
-            scaled.add(module)
+def _scaled_modules(found: CheckpointScales, directory: Path) -> set[str]:
+    """The attention modules the checkpoint has a k or v scale for (none at all is an error)."""
+    scaled = {module for module, scales in found.loaded.items() if {"k_scale", "v_scale"} & set(scales)}
     if not scaled:
         raise QuantConfigError(
             f"checkpoint {directory} has no KV-cache scales: it was not calibrated for an fp8 KV cache, and "
@@ -348,7 +338,7 @@ def _scaled_modules(ckpt: Checkpoint, directory: Path) -> tuple[set[str], str | 
             "an fp8 KV cache (llm-compressor kv_cache_scheme, Quark kv_cache_group, ModelOpt FP8 KV, AutoFP8 "
             "static), or transformers' own DynamicCache"
         )
-    return scaled, meaning_of(contributions).caveat
+    return scaled
 
 
 def _tensor(value: float | list[float]) -> torch.Tensor:

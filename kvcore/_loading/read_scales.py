@@ -6,6 +6,7 @@ also reads the KV-cache scale and zero-point tensors, nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,15 +20,16 @@ from kvcore._loading.finalise import Value, final_values
 from kvcore._loading.heads import per_kv_head, rank_heads
 from kvcore._loading.interpret import interpret, is_mla_model
 from kvcore._loading.load import parallel
+from kvcore._loading.parallel import Parallel
 from kvcore._loading.plan_scales import check_zero_point, read_scale, where
 from kvcore._mapper import WeightsMapper
-from kvcore._names import ZERO_POINT_NAMES, ScaleValue, natural_key
+from kvcore._meaning import ScaleMeaning
+from kvcore._names import SCALE_NAMES, ZERO_POINT_NAMES, ScaleValue, natural_key
 from kvcore._plugins.contributions import Contribution, combine, meaning_of
 from kvcore._plugins.for_checkpoint import check_name_conflicts, plugin_mappers
 
-__all__ = ["mapper_for", "read_kv_scales"]
+__all__ = ["CheckpointScales", "checked_contributions", "mapper_for", "read_kv_scales", "scales_of"]
 
-SCALES = ("k_scale", "v_scale", "q_scale", "prob_scale")
 DEFAULT_ATTENTION = "model.layers.{}.self_attn.attn"
 """Where a Llama-shaped model keeps layer N's attention, for layers no scale names."""
 
@@ -50,13 +52,14 @@ def mapper_for(
 
 
 def _mapper(ckpt: Checkpoint, plugins: Iterable[str] | None, disable_plugins: Iterable[str] | None) -> WeightsMapper:
-    contributions = _contributions(ckpt, plugins, disable_plugins)
+    contributions = checked_contributions(ckpt, plugins, disable_plugins)
     return combine(WeightsMapper(), contributions).with_scale_meaning(meaning_of(contributions))
 
 
-def _contributions(
+def checked_contributions(
     ckpt: Checkpoint, plugins: Iterable[str] | None, disable_plugins: Iterable[str] | None
 ) -> list[Contribution]:
+    """The plugins' contributions for ``ckpt`` (a format no plugin handles raises), checked for conflicts."""
     contributions = plugin_mappers(ckpt, strict=True, plugins=plugins, disable_plugins=disable_plugins)
     check_name_conflicts(ckpt.tensors, contributions)
     return contributions
@@ -81,8 +84,26 @@ def read_kv_scales(
     ``config.json`` describes an MLA model. Reads headers and the scale tensors only.
     """
     ckpt = read_checkpoint(checkpoint)
-    par = parallel(ckpt, tp_rank, tp_size)
-    contributions = _contributions(ckpt, plugins, disable_plugins)
+    contributions = checked_contributions(ckpt, plugins, disable_plugins)
+    return scales_of(ckpt, contributions, parallel(ckpt, tp_rank, tp_size), use_mla).final
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointScales:
+    """``read_kv_scales``'s answer with what it was made of, for kvcore's own runtimes."""
+
+    final: dict[str, dict[str, Value]]
+    """By attention module, the final scales (``read_kv_scales``'s return value)."""
+    loaded: dict[str, dict[str, ScaleValue]]
+    """By attention module, the scales the checkpoint has (before defaults and MLA rules)."""
+    meaning: ScaleMeaning
+    """What the plugins say the scales describe."""
+
+
+def scales_of(
+    ckpt: Checkpoint, contributions: list[Contribution], par: Parallel, use_mla: bool | None
+) -> CheckpointScales:
+    """Every attention module's scales in ``ckpt``, mapped by the plugins' ``contributions``."""
     mapper = combine(WeightsMapper(), contributions)
     heads = _heads(ckpt.config)
     loaded: dict[str, dict[str, ScaleValue]] = {}
@@ -93,13 +114,16 @@ def read_kv_scales(
             continue
         if attr in ZERO_POINT_NAMES:
             check_zero_point(info, mapped or name)
-        elif attr in SCALES:
+        elif attr in SCALE_NAMES:
             value = _value(info, f"{module}.{attr}", attr, heads, par.rank, par.size)
             loaded.setdefault(module, {})[attr] = ScaleValue(value, name)
     meaning = meaning_of(contributions)
     mla = is_mla_model(ckpt.config) if use_mla is None else use_mla
-    modules = _every_layer(loaded, ckpt.config)
-    return {module: final_values(interpret(loaded.get(module, {}), mla, meaning)[0])[0] for module in modules}
+    final = {
+        module: final_values(interpret(loaded.get(module, {}), mla, meaning)[0])[0]
+        for module in _every_layer(loaded, ckpt.config)
+    }
+    return CheckpointScales(final, loaded, meaning)
 
 
 def _heads(config: dict[str, object]) -> tuple[int | None, int | None]:
