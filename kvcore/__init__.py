@@ -19,6 +19,7 @@ from kvcore._errors import (
 )
 from kvcore._mapper import WeightsMapper
 from kvcore._meaning import ScaleMeaning
+from kvcore._plugins.config_error import quant_config_error
 from kvcore._plugins.manager import get_plugin_manager
 from kvcore.hookspecs import hookimpl, hookspec
 
@@ -88,6 +89,7 @@ __all__ = [
     "load",
     "mapper_for",
     "plugin_mappers_for",
+    "quant_config_error",
     "quantize_kv",
     "read_kv_scales",
 ]

@@ -49,9 +49,9 @@ def get_cache_scale_mapper(quant_config: QuantConfig) -> WeightsMapper | None:
     ``quant_method == "modelopt"``). Return ``None`` for formats that are not yours, and an
     empty ``WeightsMapper()`` for your format when its checkpoints carry no KV scales.
     Validate ``raw`` and raise ``kvcore.QuantConfigError`` naming the field when it is bad
-    or unsupported. Targets are ``<attention>.attn.{k,v,q,prob}_scale``; map every name the
-    same way when applied twice (idempotent). Called once per load, never for an
-    unquantized checkpoint.
+    or unsupported (``kvcore.quant_config_error`` words a pydantic failure so). Targets are
+    ``<attention>.attn.{k,v,q,prob}_scale``; map every name the same way when applied twice
+    (idempotent). Called once per load, never for an unquantized checkpoint.
     """
 
 

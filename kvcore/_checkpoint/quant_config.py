@@ -32,7 +32,8 @@ class QuantConfig(Mapping[str, Any]):
     def coerce(cls, value: Any) -> QuantConfig:
         """Accept a ``QuantConfig``, a ``{"quant_method", "raw"}`` dict, or a raw config dict.
 
-        Plugins call this first so that they work however a host or a test calls them.
+        kvcore calls this where a host or a test hands it a config (``kvcore.testing.check_plugin``);
+        hooks always receive a ``QuantConfig`` and need not call it.
         """
         if isinstance(value, QuantConfig):
             return value

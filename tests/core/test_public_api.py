@@ -29,6 +29,7 @@ EXPECTED = {
     "load",
     "mapper_for",
     "plugin_mappers_for",
+    "quant_config_error",
     "quantize_kv",
     "read_kv_scales",
 }

@@ -20,32 +20,18 @@ Refused, with a message that says what to do, because kvcore cannot load it fait
   offset, as a zero point is; mapping it onto ``P.attn.k_zero_point`` lets the core do
   what it does with zero points: drop all-zero ones (no offset, so symmetric) and refuse
   any other, whatever ``strict`` says. It is never loaded as if symmetric.
+
+The config's pydantic models, and the rule of what loads, are in :mod:`kvcore_modelopt.config`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import kvcore
 
-if TYPE_CHECKING:
-    from kvcore_modelopt._config import KVCacheScheme as KVCacheScheme
-    from kvcore_modelopt._config import ModelOptConfig, kv_cache_algorithm
-    from kvcore_modelopt._config import parse_config as parse_config
-
-__all__ = [
-    "KV_SCALE_MAPPER",
-    "METHODS",
-    "ModelOptConfig",
-    "get_cache_scale_mapper",
-    "get_cache_scale_meaning",
-    "kv_cache_algorithm",
-]
+__all__ = ["KV_SCALE_MAPPER", "METHODS", "get_cache_scale_mapper", "get_cache_scale_meaning"]
 
 METHODS = ("modelopt", "modelopt_fp4")
 """``quant_method`` values ModelOpt writes (vLLM's name for NVFP4-weight checkpoints too)."""
-
-SUPPORTED = ("FP8", "NVFP4")
 
 KV_SCALE_MAPPER = kvcore.WeightsMapper(
     orig_to_new_regex={
@@ -59,52 +45,24 @@ KV_SCALE_MAPPER = kvcore.WeightsMapper(
 """ModelOpt's KV names -> kvcore's attention module (biases: see the module docstring)."""
 
 
-_LAZY = frozenset({"KVCacheScheme", "ModelOptConfig", "kv_cache_algorithm", "parse_config"})
-
-
-def __getattr__(name: str) -> Any:
-    """The config models and their helpers, imported on first use (see ``_config``)."""
-    if name in _LAZY:
-        from kvcore_modelopt import _config
-
-        return getattr(_config, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _refusal(algorithm: str) -> str:
-    field = "kv_cache_quant_algo / kv_cache_scheme"
-    if algorithm.endswith("_AFFINE"):
-        why = "an affine KV cache adds k_bias/v_bias offsets, and kvcore loads symmetric KV caches only"
-    else:
-        why = "kvcore loads KV-cache scales for fp8 KV caches only"
-    return (
-        f"ModelOpt {field} is {algorithm!r}: {why}. Supported: {', '.join(SUPPORTED)} (or no KV-cache "
-        "quantization). Re-export with ModelOpt's FP8 KV cache (kv_cache_qformat='fp8')"
-    )
-
-
 @kvcore.hookimpl
 def get_cache_scale_mapper(quant_config: kvcore.QuantConfig) -> kvcore.WeightsMapper | None:
     """The ModelOpt KV-scale mapper; ``None`` for other formats; refuses what kvcore cannot load."""
-    config = kvcore.QuantConfig.coerce(quant_config)
-    if config.quant_method not in METHODS:
-        return None  # before importing pydantic: other formats never pay for it
-    from kvcore_modelopt._config import kv_cache_algorithm, parse_config
+    if quant_config.quant_method not in METHODS:
+        return None
+    from kvcore_modelopt.config import parse_config  # pydantic (~0.2 s) only for ModelOpt checkpoints
 
-    algorithm = kv_cache_algorithm(parse_config(dict(config.raw)))
-    if algorithm is not None and algorithm not in SUPPORTED:
-        raise kvcore.QuantConfigError(_refusal(algorithm))
+    parse_config(quant_config.raw, quant_config.source)
     return KV_SCALE_MAPPER
 
 
 @kvcore.hookimpl
 def get_cache_scale_meaning(quant_config: kvcore.QuantConfig) -> kvcore.ScaleMeaning | None:
     """Per-head K/V on MLA models; the KV dtype the scales were calibrated for."""
-    config = kvcore.QuantConfig.coerce(quant_config)
-    if config.quant_method not in METHODS:
+    if quant_config.quant_method not in METHODS:
         return None
-    from kvcore_modelopt._config import kv_cache_algorithm, parse_config
+    from kvcore_modelopt.config import parse_config
 
-    algorithm = kv_cache_algorithm(parse_config(dict(config.raw)))
-    describes = "mla_per_head" if isinstance(config.model_config.get("kv_lora_rank"), int) else "kv"
+    algorithm = parse_config(quant_config.raw, quant_config.source).kv_cache_algorithm
+    describes = "mla_per_head" if isinstance(quant_config.model_config.get("kv_lora_rank"), int) else "kv"
     return kvcore.ScaleMeaning(describes, calibrated_for=(algorithm or "FP8").lower())

@@ -14,26 +14,15 @@ rope key (``ScaleMeaning("mla_latent")``), not keys and values.
 
 The very old ``compression_config`` key reaches this plugin the same way (the core presents
 it as the quantization config). An asymmetric or integer ``kv_cache_scheme`` is refused with
-a ``kvcore.QuantConfigError``; it is never loaded as if it were symmetric.
+a ``kvcore.QuantConfigError``; it is never loaded as if it were symmetric. The config's pydantic
+models are in :mod:`kvcore_compressed_tensors.config`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import kvcore
 
-if TYPE_CHECKING:
-    from kvcore_compressed_tensors._config import CompressedTensorsConfig, KvCacheScheme, parse_config
-
-__all__ = [
-    "KV_SCALE_MAPPER",
-    "CompressedTensorsConfig",
-    "KvCacheScheme",
-    "get_cache_scale_mapper",
-    "get_cache_scale_meaning",
-    "parse_config",
-]
+__all__ = ["KV_SCALE_MAPPER", "get_cache_scale_mapper", "get_cache_scale_meaning"]
 
 KV_SCALE_MAPPER = kvcore.WeightsMapper(
     orig_to_new_regex={
@@ -46,38 +35,19 @@ KV_SCALE_MAPPER = kvcore.WeightsMapper(
 """Current ``P.{k,v,q}_scale`` and zero points, and legacy ``P.{k,v,q}_proj.output_scale``, into ``P.attn``."""
 
 
-_LAZY = frozenset({"CompressedTensorsConfig", "KvCacheScheme", "parse_config"})
-
-
-def __getattr__(name: str) -> Any:
-    """``CompressedTensorsConfig``, ``KvCacheScheme`` and ``parse_config``, imported on first use.
-
-    Importing pydantic takes ~0.2 s, and discovery imports every installed plugin whatever
-    the checkpoint's format: only a checkpoint of this format should pay for it.
-    """
-    if name in _LAZY:
-        from kvcore_compressed_tensors import _config
-
-        return getattr(_config, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @kvcore.hookimpl
-def get_cache_scale_mapper(quant_config: Any) -> kvcore.WeightsMapper | None:
+def get_cache_scale_mapper(quant_config: kvcore.QuantConfig) -> kvcore.WeightsMapper | None:
     """The compressed-tensors KV-scale mapper once the config validates; ``None`` for other methods."""
-    config = kvcore.QuantConfig.coerce(quant_config)
-    if config.quant_method != "compressed-tensors":
-        return None  # before importing pydantic: other formats never pay for it
-    from kvcore_compressed_tensors._config import parse_config
+    if quant_config.quant_method != "compressed-tensors":
+        return None
+    from kvcore_compressed_tensors.config import parse_config  # pydantic (~0.2 s) only for this format
 
-    parse_config(dict(config.raw), config.source)
+    parse_config(quant_config.raw, quant_config.source)
     return KV_SCALE_MAPPER
 
 
 @kvcore.hookimpl
-def get_cache_scale_meaning(quant_config: Any) -> kvcore.ScaleMeaning | None:
+def get_cache_scale_meaning(quant_config: kvcore.QuantConfig) -> kvcore.ScaleMeaning | None:
     """On an MLA model the scales describe the latent and the rope key; otherwise plain K and V."""
-    config = kvcore.QuantConfig.coerce(quant_config)
-    if config.quant_method == "compressed-tensors" and isinstance(config.model_config.get("kv_lora_rank"), int):
-        return kvcore.ScaleMeaning("mla_latent")
-    return None
+    mla = isinstance(quant_config.model_config.get("kv_lora_rank"), int)
+    return kvcore.ScaleMeaning("mla_latent") if quant_config.quant_method == "compressed-tensors" and mla else None

@@ -8,19 +8,15 @@ Three unrelated producers write that method, and this plugin handles all three:
   ``self_attn.k_scale`` / ``self_attn.v_scale`` (0-dim bf16, equal);
 - HF FineGrainedFP8 / DeepSeek-style block fp8 (``weight_block_size``): no KV scales at all,
   so the mapper is empty.
+
+The config's pydantic model is in :mod:`kvcore_fp8.config`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import kvcore
 
-if TYPE_CHECKING:
-    from kvcore_fp8._config import Fp8Config
-    from kvcore_fp8._config import parse_config as parse_config
-
-__all__ = ["Fp8Config", "KV_SCALE_MAPPER", "get_cache_scale_mapper"]
+__all__ = ["KV_SCALE_MAPPER", "get_cache_scale_mapper"]
 
 KV_SCALE_MAPPER = kvcore.WeightsMapper(
     orig_to_new_regex={
@@ -33,29 +29,12 @@ KV_SCALE_MAPPER = kvcore.WeightsMapper(
 ``P.kv_scale`` -> ``P.attn.k_scale`` (the core then uses it for v as well)."""
 
 
-_LAZY = frozenset({"Fp8Config", "parse_config"})
-
-
-def __getattr__(name: str) -> Any:
-    """``Fp8Config`` and ``parse_config``, imported on first use.
-
-    Importing pydantic takes ~0.2 s, and discovery imports every installed plugin whatever
-    the checkpoint's format: only a checkpoint of this format should pay for it.
-    """
-    if name in _LAZY:
-        from kvcore_fp8 import _config
-
-        return getattr(_config, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @kvcore.hookimpl
-def get_cache_scale_mapper(quant_config: Any) -> kvcore.WeightsMapper | None:
+def get_cache_scale_mapper(quant_config: kvcore.QuantConfig) -> kvcore.WeightsMapper | None:
     """The fp8 KV-scale mapper; an empty one for block fp8; ``None`` for other methods."""
-    config = kvcore.QuantConfig.coerce(quant_config)
-    if config.quant_method != "fp8":
-        return None  # before importing pydantic: other formats never pay for it
-    from kvcore_fp8._config import parse_config
+    if quant_config.quant_method != "fp8":
+        return None
+    from kvcore_fp8.config import parse_config  # pydantic (~0.2 s) only for fp8 checkpoints
 
-    parsed = parse_config(dict(config.raw), config.source)
+    parsed = parse_config(quant_config.raw, quant_config.source)
     return kvcore.WeightsMapper() if parsed.is_block_fp8 else KV_SCALE_MAPPER

@@ -19,19 +19,18 @@ Gemma-3, ...), so the cached keys can be several times larger: a caveat. With
 and measures only V: a caveat too.
 
 A KV-cache or softmax spec other than static per-tensor fp8_e4m3 is refused with a
-``kvcore.QuantConfigError`` naming the field.
+``kvcore.QuantConfigError`` naming the field. The config's pydantic models are in
+:mod:`kvcore_quark.config`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 import kvcore
 
-if TYPE_CHECKING:
-    from kvcore_quark._config import QuarkConfig, parse_config
-
-__all__ = ["KV_SCALE_MAPPER", "QuarkConfig", "get_cache_scale_mapper", "get_cache_scale_meaning", "parse_config"]
+__all__ = ["KV_SCALE_MAPPER", "get_cache_scale_mapper", "get_cache_scale_meaning"]
 
 KV_SCALE_MAPPER = kvcore.WeightsMapper(
     orig_to_new_regex={
@@ -45,31 +44,14 @@ KV_SCALE_MAPPER = kvcore.WeightsMapper(
 ``P.qkv_proj.output_scale`` and ``P.kv_b_proj.output_scale`` (one scale for k and v) -> ``P.attn.k_scale``."""
 
 
-_LAZY = frozenset({"QuarkConfig", "parse_config"})
-
-
-def __getattr__(name: str) -> Any:
-    """``QuarkConfig`` and ``parse_config``, imported on first use.
-
-    Importing pydantic takes ~0.2 s, and discovery imports every installed plugin whatever
-    the checkpoint's format: only a checkpoint of this format should pay for it.
-    """
-    if name in _LAZY:
-        from kvcore_quark import _config
-
-        return getattr(_config, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @kvcore.hookimpl
-def get_cache_scale_mapper(quant_config: Any) -> kvcore.WeightsMapper | None:
+def get_cache_scale_mapper(quant_config: kvcore.QuantConfig) -> kvcore.WeightsMapper | None:
     """The Quark KV-scale mapper once the config validates; ``None`` for other methods."""
-    config = kvcore.QuantConfig.coerce(quant_config)
-    if config.quant_method != "quark":
-        return None  # before importing pydantic: other formats never pay for it
-    from kvcore_quark._config import parse_config
+    if quant_config.quant_method != "quark":
+        return None
+    from kvcore_quark.config import parse_config  # pydantic (~0.2 s) only for Quark checkpoints
 
-    parse_config(dict(config.raw), config.source)
+    parse_config(quant_config.raw, quant_config.source)
     return KV_SCALE_MAPPER
 
 
@@ -78,16 +60,15 @@ K_NORM_MODEL_TYPES = frozenset({"qwen3", "qwen3_moe", "qwen3_next", "gemma3", "g
 
 
 @kvcore.hookimpl
-def get_cache_scale_meaning(quant_config: Any) -> kvcore.ScaleMeaning | None:
+def get_cache_scale_meaning(quant_config: kvcore.QuantConfig) -> kvcore.ScaleMeaning | None:
     """MLA per-head scales, and the caveats of pre-``k_norm`` and V-only measurements."""
-    config = kvcore.QuantConfig.coerce(quant_config)
-    if config.quant_method != "quark":
+    if quant_config.quant_method != "quark":
         return None
-    model = config.model_config
+    model = quant_config.model_config
     if isinstance(model.get("kv_lora_rank"), int):
         return kvcore.ScaleMeaning("mla_per_head")
-    post_rope = config.raw.get("kv_cache_post_rope") is True
-    export = config.raw.get("export")
+    post_rope = quant_config.raw.get("kv_cache_post_rope") is True
+    export = quant_config.raw.get("export")
     groups = export.get("kv_cache_group", []) if isinstance(export, dict) else []
     if post_rope and any(str(group).endswith("qkv_proj") for group in groups):
         return kvcore.ScaleMeaning(caveat=(
@@ -105,6 +86,6 @@ def get_cache_scale_meaning(quant_config: Any) -> kvcore.ScaleMeaning | None:
     return None
 
 
-def _has_k_norm(model: Any) -> bool:
+def _has_k_norm(model: Mapping[str, Any]) -> bool:
     flags = (model.get(key) for key in ("use_qk_norm", "qk_layernorm", "use_k_norm"))
     return model.get("model_type") in K_NORM_MODEL_TYPES or any(flag is True for flag in flags)

@@ -9,6 +9,7 @@ per-tensor fp8_e4m3 ``output_tensors`` spec. The same holds for ``softmax_quant_
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, model_validator
@@ -19,9 +20,9 @@ __all__ = ["ExportConfig", "LayerSpec", "QuarkConfig", "TensorSpec", "parse_conf
 
 SUPPORTED = (
     "kvcore supports only a static, symmetric, per-tensor fp8_e4m3 spec "
-    "(dtype 'fp8_e4m3', qscheme 'per_tensor', is_dynamic false, symmetric true)"
+    "(dtype 'fp8_e4m3', qscheme 'per_tensor', is_dynamic false, symmetric true). "
+    "Re-export the model with Quark's fp8 KV-cache config (e.g. quantize_quark.py --kv_cache_dtype fp8)"
 )
-FIX = "Re-export the model with Quark's fp8 KV-cache config (e.g. quantize_quark.py --kv_cache_dtype fp8)"
 
 
 class TensorSpec(BaseModel):
@@ -100,7 +101,7 @@ class QuarkConfig(BaseModel):
             specs.append((f"{section}.softmax_quant_spec", self.softmax_quant_spec))
         found = [f"{path}.{problem}" for path, spec in specs for problem in spec.kv_problems()]
         if found:
-            raise ValueError("; ".join(found) + f". {SUPPORTED}. {FIX}")
+            raise ValueError("; ".join(found))
         return self
 
     def _kv_specs(self, section: str) -> list[tuple[str, TensorSpec]]:
@@ -127,29 +128,12 @@ class QuarkConfig(BaseModel):
         )
 
 
-def parse_config(raw: Any, source: str = "") -> QuarkConfig:
-    """Validate ``raw`` or raise ``kvcore.QuantConfigError`` naming the file and the field."""
+def parse_config(raw: Mapping[str, Any], source: str = "") -> QuarkConfig:
+    """Validate ``raw`` or raise ``kvcore.QuantConfigError`` naming the file, each bad field and its value."""
     try:
         return QuarkConfig.model_validate(raw, context={"section": _section(source)})
     except ValidationError as exc:
-        raise kvcore.QuantConfigError(describe(exc, source)) from None
-
-
-def describe(exc: ValidationError, source: str) -> str:
-    """One sentence per pydantic error, each naming the field by its path in the config."""
-    section = _section(source)
-    problems = []
-    for err in exc.errors():
-        message = err["msg"].removeprefix("Value error, ")
-        if not err["loc"]:  # a cross-field rule: its message names the fields itself
-            problems.append(message)
-            continue
-        path = ".".join([section, *(str(p) for p in err["loc"])])
-        shown = repr(err.get("input"))
-        got = f" (got {shown})" if len(shown) <= 80 else ""
-        problems.append(f"{path}: {message}{got}")
-    where = f" in {source}" if source else ""
-    return f"unsupported or invalid Quark quantization config{where}: " + "; ".join(problems)
+        raise kvcore.quant_config_error(exc, source, format_name="Quark", accepted=SUPPORTED) from None
 
 
 def _section(source: str) -> str:

@@ -1,11 +1,12 @@
-"""The pydantic model of an fp8 ``quantization_config``, imported only when a checkpoint is fp8.
+"""The pydantic model of an fp8 ``quantization_config``.
 
-Importing pydantic takes ~0.2 s; discovery imports every installed plugin, so the plugin's
-package imports this module on first use (see ``kvcore_fp8.__getattr__``), not at import.
+Importing pydantic takes ~0.2 s and discovery imports every installed plugin, so the package
+does not import this module: its hook does, once a checkpoint's method is ``fp8``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -46,18 +47,9 @@ class Fp8Config(BaseModel):
         return self.weight_block_size is not None and self.kv_cache_scheme is None
 
 
-def parse_config(raw: dict[str, Any], source: str = "") -> Fp8Config:
-    """Validate ``raw`` or raise ``QuantConfigError`` naming the file and the offending field."""
+def parse_config(raw: Mapping[str, Any], source: str = "") -> Fp8Config:
+    """Validate ``raw`` or raise ``kvcore.QuantConfigError`` naming the file, each bad field and its value."""
     try:
         return Fp8Config.model_validate(raw)
     except ValidationError as exc:
-        raise kvcore.QuantConfigError(_describe(exc, source)) from None
-
-
-def _describe(exc: ValidationError, source: str) -> str:
-    problems = "; ".join(
-        f"quantization_config.{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
-        for err in exc.errors()
-    )
-    where = f" in {source}" if source else ""
-    return f"invalid fp8 quantization config{where}: {problems}"
+        raise kvcore.quant_config_error(exc, source, format_name="fp8") from None

@@ -7,6 +7,7 @@ compressed-tensors' own (``QuantizationArgs``): an omitted ``type`` means ``"int
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
@@ -102,25 +103,9 @@ class CompressedTensorsConfig(BaseModel):
         return self.kv_cache_scheme is not None and self.kv_cache_scheme.strategy == "attn_head"
 
 
-def parse_config(raw: Any, source: str = "") -> CompressedTensorsConfig:
-    """Validate ``raw`` or raise ``kvcore.QuantConfigError`` naming the file and the field."""
+def parse_config(raw: Mapping[str, Any], source: str = "") -> CompressedTensorsConfig:
+    """Validate ``raw`` or raise ``kvcore.QuantConfigError`` naming the file, each bad field and its value."""
     try:
         return CompressedTensorsConfig.model_validate(raw)
     except ValidationError as exc:
-        raise kvcore.QuantConfigError(describe(exc, source)) from None
-
-
-def describe(exc: ValidationError, source: str) -> str:
-    """One sentence per pydantic error, each naming the field by its path in the config."""
-    key = source.rpartition(":")[2]
-    section = key if key.isidentifier() else "quantization_config"
-    problems = []
-    for err in exc.errors():
-        path = ".".join([section, *(str(p) for p in err["loc"])])
-        shown = repr(err.get("input"))
-        got = f" (got {shown})" if err["loc"] and len(shown) <= 80 else ""
-        problems.append(f"{path}: {err['msg'].removeprefix('Value error, ')}{got}")
-    where = f" in {source}" if source else ""
-    # Say once what would load, when the KV-cache scheme is what was refused.
-    hint = f". {SUPPORTED}" if any(err["loc"][:1] == ("kv_cache_scheme",) for err in exc.errors()) else ""
-    return f"unsupported or invalid compressed-tensors quantization config{where}: " + "; ".join(problems) + hint
+        raise kvcore.quant_config_error(exc, source, format_name="compressed-tensors", accepted=SUPPORTED) from None
