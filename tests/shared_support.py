@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,12 +40,9 @@ def read_headers(checkpoint: Path) -> Headers:
 
 
 def modelopt_module() -> ModuleType:
-    """The example ModelOpt plugin's module, from the checkout when it is not installed."""
-    try:
-        import kvcore_modelopt
-    except ImportError:
-        sys.path.insert(0, str(REPO / "examples" / "kvcore-modelopt"))
-        import kvcore_modelopt
+    """The example ModelOpt plugin's module: installed, or from the checkout (pytest's ``pythonpath``)."""
+    import kvcore_modelopt
+
     return kvcore_modelopt
 
 

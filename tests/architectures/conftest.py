@@ -1,20 +1,11 @@
-"""Make ``arch_models`` / ``arch_support`` importable, and the example ModelOpt plugin available.
-
-pytest runs in importlib mode, where test modules cannot import their siblings; this
-directory is put on ``sys.path`` under module names no other test directory uses.
-"""
+"""The example ModelOpt plugin, available to every architecture test (its fixtures need it)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from shared_support import modelopt_module, modelopt_plugin
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-modelopt_module()  # importable by the tests here, installed or not
+from shared_support import modelopt_plugin
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,4 @@
-"""The ``site`` fixture; helpers live in ``discovery_support`` (importable: see below).
-
-pytest runs in importlib mode, where test modules cannot import their siblings; this
-directory is put on ``sys.path`` under a module name no other test directory uses.
-"""
+"""The ``site`` fixture; helpers live in ``discovery_support`` (on ``sys.path``: pyproject's pytest ``pythonpath``)."""
 
 from __future__ import annotations
 
@@ -11,9 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from discovery_support import Site
 
 import kvcore._plugins.manager

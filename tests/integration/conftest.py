@@ -1,20 +1,11 @@
-"""The session's fresh venv; the machinery is in ``fresh_venv_support``.
-
-pytest runs in importlib mode, where test modules cannot import their siblings; this
-directory is put on ``sys.path`` under module names no other test directory uses.
-"""
+"""The session's fresh venv; the machinery is in ``fresh_venv_support``."""
 
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from fresh_venv_support import FreshVenv, build
 
 

@@ -1,19 +1,11 @@
-"""Fixtures of the validation tests, and ``validation_support`` made importable.
-
-pytest runs in importlib mode, where test modules cannot import their siblings; this
-directory is put on ``sys.path`` under a module name no other test directory uses.
-"""
+"""Fixtures of the validation tests (helpers in ``validation_support``)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from validation_support import FP8_CONFIG, checkpoint_tensors, reference_model
 
 from kvcore.testing import write_checkpoint

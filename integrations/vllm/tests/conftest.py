@@ -1,6 +1,0 @@
-"""Make this folder's helpers importable (pytest runs in importlib mode)."""
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
