@@ -67,9 +67,10 @@ def plugin_mappers(
     try:
         contributions = collect_mappers(pm, ckpt.quant_config)
     except QuantConfigError as exc:
-        # Plugins name the field; only the core knows which file the config came from.
+        # Plugins name the field; the file, only the core knows (kvcore.quant_config_error says it: once is enough).
+        where = "" if source in str(exc) else f"{source}: "
         raise QuantConfigError(
-            f"{source}: {exc}. Correct the config in {source.rpartition(':')[0] or source}, or "
+            f"{where}{exc}. Correct the config in {source.rpartition(':')[0] or source}, or "
             "re-export the checkpoint with a setting the plugin supports"
         ) from exc
     if contributions:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+import torch
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 import kvcore
+from kvcore.testing import tiny_llama, write_checkpoint
 
 SOURCE = "/ckpt/config.json:quantization_config"
 
@@ -95,3 +98,13 @@ def test_a_huge_value_is_cut_so_the_other_failures_stay_readable() -> None:
     text = message({"quant_method": "acme", "ignore": "x" * 500, "kv_cache_scheme": 2})
     assert "x" * 500 not in text and "'xxx" in text and "..." in text
     assert "quantization_config.kv_cache_scheme is 2: expected 'static'" in text
+
+
+def test_a_load_names_the_file_once(tmp_path: Path) -> None:
+    config = {"quant_method": "fp8", "kv_cache_scheme": "dynamic"}
+    ckpt = write_checkpoint(tmp_path, {"model.embed_tokens.weight": torch.zeros(4, 8)}, quantization_config=config)
+    with pytest.raises(kvcore.QuantConfigError) as info:
+        kvcore.load(tiny_llama(), ckpt)
+    text = str(info.value)
+    assert text.count(f"{ckpt / 'config.json'}:quantization_config") == 1, text
+    assert "plugin 'fp8' (kvcore-fp8" in text and "quantization_config.kv_cache_scheme is 'dynamic'" in text
