@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from kvcore._errors import WeightLoadError
+from kvcore._scale_rules import scale_problem
 
 __all__ = ["DEFAULTED", "NOT_LOADED", "KVCacheScaleParameter", "check_scale_value", "load_scale", "store_scale"]
 
@@ -69,17 +70,9 @@ def check_scale_value(value: torch.Tensor, what: str, *, advice: str = UNINITIAL
 
     The message names ``what``, the problem and the values, then gives ``advice``.
     """
-    for problem, bad in (
-        ("NaN", torch.isnan(value)),
-        ("an infinite value", torch.isinf(value)),
-        ("zero", value == 0),
-        ("a negative value", value < 0),
-    ):
-        if bool(bad.any()):
-            shown = value.tolist() if value.numel() <= 8 else f"{value.numel()} values"
-            raise WeightLoadError(
-                f"{what} holds {problem} ({shown}); a KV-cache scale must be a finite positive number. {advice}"
-            )
+    problem = scale_problem(value.reshape(-1).tolist())  # the rule kvcore inspect applies too
+    if problem is not None:
+        raise WeightLoadError(f"{what} {problem}. {advice}")
 
 
 def store_scale(param: torch.Tensor, value: torch.Tensor) -> None:

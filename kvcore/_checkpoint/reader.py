@@ -6,6 +6,7 @@ import dataclasses
 import json
 import operator
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,7 @@ def _shard_paths(directory: Path) -> list[Path]:
         return [directory / SINGLE_FILE]
     found = sorted(p for p in directory.glob("*.safetensors") if p.is_file())  # not a FIFO or directory
     if len(found) == 1:
+        _not_a_lone_shard(found[0])
         return found
     if found:
         raise CheckpointError(
@@ -119,6 +121,23 @@ def _shard_paths(directory: Path) -> list[Path]:
     raise CheckpointError(
         f"{directory} holds no {SINGLE_FILE} and no {INDEX_FILE}; point kvcore at the directory "
         "that holds the checkpoint's safetensors files"
+    )
+
+
+SHARD_NAME = re.compile(r"-(\d+)-of-(\d+)\.safetensors$")
+"""``model-00001-of-00004.safetensors``: how transformers and the hub name shard i of n."""
+
+
+def _not_a_lone_shard(path: Path) -> None:
+    """Refuse shard i of n > 1 found alone: the rest of the checkpoint (and its index) is missing."""
+    named = SHARD_NAME.search(path.name)
+    if named is None or int(named.group(2)) < 2:
+        return
+    number, total = int(named.group(1)), int(named.group(2))
+    raise CheckpointError(
+        f"{path.parent} holds only {path.name}, shard {number} of {total} of a sharded checkpoint: the "
+        f"other {total - 1} shard(s) and {INDEX_FILE} are missing. Download the rest of the checkpoint "
+        "(the index and every shard) into the same directory"
     )
 
 

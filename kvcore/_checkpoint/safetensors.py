@@ -1,7 +1,9 @@
 """Safetensors headers: parsed and validated without touching tensor data.
 
-Nothing here imports ``torch.nn`` or knows about models; it answers "which tensors are in
-this file, with which dtype, shape and byte range", or raises ``CheckpointError``.
+Nothing here knows about models; it answers "which tensors are in this file, with which
+dtype, shape and byte range", or raises ``CheckpointError``. Reading headers does not import
+torch (``kvcore inspect`` answers without it): only ``read_tensor``, ``TensorInfo.torch_dtype``
+and ``DTYPES`` do, when first used.
 """
 
 from __future__ import annotations
@@ -16,22 +18,25 @@ import struct
 from collections.abc import Iterable
 from itertools import chain, compress, repeat
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import torch
-
+from kvcore._checkpoint.decode import ITEMSIZES
 from kvcore._errors import CheckpointError
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
-    "DTYPES",
     "MAX_HEADER_BYTES",
     "FileStamp",
     "ShardHeader",
     "TensorInfo",
     "check_shards_unchanged",
     "check_unchanged",
+    "read_bytes",
     "read_header",
     "read_tensor",
+    "torch_dtypes",
     "unique_keys",
 ]
 
@@ -43,26 +48,40 @@ a header of 10^6 tiny entries (fits in 100 MiB) costs seconds and gigabytes befo
 MAX_NAME_LENGTH = 1024
 """Characters in a tensor name; real names are under 200."""
 
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "U16": torch.uint16,
-    "U32": torch.uint32,
-    "U64": torch.uint64,
-    "BOOL": torch.bool,
-}
-if hasattr(torch, "float8_e8m0fnu"):
-    DTYPES["F8_E8M0"] = torch.float8_e8m0fnu
-ITEMSIZES: dict[str, int] = {name: dtype.itemsize for name, dtype in DTYPES.items()}
+
+
+@functools.cache
+def torch_dtypes() -> dict[str, torch.dtype]:
+    """safetensors dtype name -> torch dtype (imports torch: header reading does not)."""
+    import torch
+
+    dtypes = {
+        "F64": torch.float64,
+        "F32": torch.float32,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "F8_E4M3": torch.float8_e4m3fn,
+        "F8_E5M2": torch.float8_e5m2,
+        "I64": torch.int64,
+        "I32": torch.int32,
+        "I16": torch.int16,
+        "I8": torch.int8,
+        "U8": torch.uint8,
+        "U16": torch.uint16,
+        "U32": torch.uint32,
+        "U64": torch.uint64,
+        "BOOL": torch.bool,
+    }
+    if hasattr(torch, "float8_e8m0fnu"):
+        dtypes["F8_E8M0"] = torch.float8_e8m0fnu
+    return dtypes
+
+
+def __getattr__(name: str) -> Any:
+    """``DTYPES`` (``torch_dtypes()``) for the loader's modules, built on first use (PEP 562)."""
+    if name == "DTYPES":
+        return torch_dtypes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,7 +122,7 @@ class TensorInfo(NamedTuple):
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        return torch_dtypes()[self.dtype]
 
     @property
     def numel(self) -> int:
@@ -254,7 +273,7 @@ def _entries_in_bulk(
     dtypes = list(map(dict.get, specs, repeat("dtype")))
     shapes = list(map(dict.get, specs, repeat("shape")))
     offsets = list(map(dict.get, specs, repeat("data_offsets")))
-    if set(map(type, dtypes)) - {str} or set(dtypes) - DTYPES.keys():
+    if set(map(type, dtypes)) - {str} or set(dtypes) - ITEMSIZES.keys():
         return None
     if set(map(type, shapes)) - {list} or set(map(type, offsets)) - {list} or set(map(len, offsets)) - {2}:
         return None
@@ -286,8 +305,8 @@ def _entry(path: Path, name: str, spec: Any, data_start: int, stamp: FileStamp) 
     if not isinstance(spec, dict):
         raise _bad(path, f"the entry of tensor {name!r} is not an object")
     dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise _bad(path, f"tensor {name!r} has unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
+    if not isinstance(dtype, str) or dtype not in ITEMSIZES:
+        raise _bad(path, f"tensor {name!r} has unknown dtype {dtype!r} (known: {', '.join(ITEMSIZES)})")
     if not isinstance(shape, list) or not _all_counts(shape):
         raise _bad(path, f"tensor {name!r} has shape {shape!r}; a shape is a list of non-negative integers")
     if not (isinstance(offsets, list) and len(offsets) == 2 and _all_counts(offsets)):
@@ -394,6 +413,16 @@ def _change(before: FileStamp, after: FileStamp) -> str:
 
 def read_tensor(info: TensorInfo) -> torch.Tensor:
     """Read one (small) tensor's bytes into a new tensor, without mapping the file."""
+    import torch
+
+    data = read_bytes(info)
+    if not data:
+        return torch.empty(info.shape, dtype=info.torch_dtype)
+    return torch.frombuffer(bytearray(data), dtype=info.torch_dtype).reshape(info.shape)
+
+
+def read_bytes(info: TensorInfo) -> bytes:
+    """One (small) tensor's bytes, read from its shard once the shard is known unchanged."""
     try:
         with open(info.path, "rb") as f:
             check_unchanged(info, f.fileno())
@@ -406,6 +435,4 @@ def read_tensor(info: TensorInfo) -> torch.Tensor:
             f"{info.path} ended while reading tensor {info.name!r}: the file shrank after its "
             "header was read"
         )
-    if not data:
-        return torch.empty(info.shape, dtype=info.torch_dtype)
-    return torch.frombuffer(bytearray(data), dtype=info.torch_dtype).reshape(info.shape)
+    return data

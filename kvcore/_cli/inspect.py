@@ -1,35 +1,35 @@
 """``kvcore inspect``: what a load would do with a checkpoint, without a model.
 
 Reads the configs and shard headers, asks the plugins for their mappers, maps every name,
-and reads tensor data only for the KV-cache scales and KV zero points it finds. The result
-says which scale lands on which attention parameter and lists anomalies.
+and reads tensor data only for the KV-cache scales and KV zero points it finds (decoded in pure
+Python: this command never imports torch). The result says which scale lands on which attention
+parameter, lists anomalies by the rules a load applies (``kvcore._scale_rules``), and gives the
+verdict and the facts an operator needs (``inspect_facts``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
-import torch
-
+from kvcore._checkpoint.decode import as_float32, decode
 from kvcore._checkpoint.reader import Checkpoint, read_checkpoint
-from kvcore._checkpoint.safetensors import TensorInfo, read_tensor
+from kvcore._checkpoint.safetensors import TensorInfo, read_bytes
 from kvcore._cli.inspect_checks import Findings, check_layers, check_value, is_scale_like, layer_pattern
+from kvcore._cli.inspect_facts import KvCacheFacts, ScaleSummary, Verdict, kv_cache_facts, summarise, verdict
 from kvcore._cli.inspect_tp import TensorParallel, split_heads
+from kvcore._cli.table import spans
 from kvcore._errors import KvcoreError
 from kvcore._mapper import WeightsMapper
 from kvcore._meaning import ScaleMeaning
 from kvcore._names import KV_BIAS_NAMES, SCALE_NAMES, ZERO_POINT_NAMES, natural_key
-from kvcore._plugins.contributions import Contribution, combine, meaning_of, plugin_map_name
+from kvcore._plugins.contributions import Contribution, collect_mappers, combine, meaning_of, plugin_map_name
 from kvcore._plugins.for_checkpoint import check_name_conflicts, plugin_mappers
-from kvcore._show import quoted
+from kvcore._plugins.manager import get_plugin_manager
+from kvcore._scale_rules import MAX_SCALE_VALUES, offset_problem
+from kvcore._show import shown
 
 __all__ = ["Anomaly", "Inspection", "ScaleEntry", "inspect_checkpoint"]
-
-MAX_READ = 1 << 16
-"""Scales are one value or one per KV head; anything bigger is not read."""
-
 
 @dataclasses.dataclass(frozen=True)
 class Anomaly:
@@ -52,11 +52,13 @@ class ScaleEntry:
     dtype: str
     value: float | list[float]
     plugins: list[str]
+    amax: float | list[float]
+    """What the value implies the calibrated amax was (value x 448 for e4m3)."""
 
     def as_dict(self) -> dict[str, object]:
         """The documented JSON shape (``plugins`` is for the human table only)."""
         return {"tensor": self.tensor, "target": self.target, "shape": self.shape, "dtype": self.dtype,
-                "value": self.value}
+                "value": self.value, "amax": self.amax}
 
 
 @dataclasses.dataclass
@@ -69,6 +71,9 @@ class Inspection:
     plugin_labels: dict[str, str]
     layers: dict[str, dict[str, ScaleEntry]]
     anomalies: list[Anomaly]
+    verdict: Verdict
+    kv_cache: KvCacheFacts
+    summary: list[ScaleSummary]
     tensor_parallel: TensorParallel | None = None
 
     @property
@@ -88,6 +93,9 @@ class Inspection:
         }
         if self.tensor_parallel is not None:
             data["tensor_parallel"] = self.tensor_parallel.as_dict()
+        data["verdict"] = self.verdict.as_dict()
+        data["kv_cache"] = self.kv_cache.as_dict()
+        data["summary"] = {s.scale: s.as_dict() for s in self.summary}
         return data
 
 
@@ -98,60 +106,98 @@ def inspect_checkpoint(path: str | Path, *, tp_size: int | None = None) -> Inspe
     """
     ckpt = read_checkpoint(path)
     findings = Findings()
-    contributions, mapper = _mappers(ckpt, findings)
+    contributions, mapper, mapped = _mappers(ckpt, findings)
+    meaning = meaning_of(contributions) if mapped else ScaleMeaning()
     heads = _kv_heads(ckpt.config)
     layers: dict[str, dict[str, ScaleEntry]] = {}
     claimed: dict[str, str] = {}
+    factor = kv_cache_facts({}, {}, meaning).amax_factor
     for name in sorted(ckpt.tensors, key=natural_key):
         info = ckpt.tensors[name]
-        mapped = mapper.map_name(name)
-        if mapped is None:
+        target = mapper.map_name(name)
+        if target is None:
             continue  # a rule drops it on purpose
-        parent, _, attr = mapped.rpartition(".")
+        parent, _, attr = target.rpartition(".")
         if attr in SCALE_NAMES and parent.rpartition(".")[2] == "attn":
-            if _claim(claimed, info, mapped, findings):
-                entry = _scale_entry(info, mapped, heads, contributions, findings)
+            if _claim(claimed, info, target, findings):
+                entry = _scale_entry(info, target, heads, contributions, factor, findings)
                 layers.setdefault(parent, {})[attr] = entry
         elif attr in ZERO_POINT_NAMES:
-            _zero_point(info, findings)
+            _offset(info, findings)
         elif attr in KV_BIAS_NAMES:
             findings.group("warning", f"{attr} present", name, _BIAS_NOTE)
-        elif mapped == name and is_scale_like(name):
-            findings.group("warning", f"unmapped {layer_pattern(name)}", name, _UNMAPPED_NOTE)
+        elif target == name and is_scale_like(name) and mapped != "refused":
+            findings.group("warning", f"unmapped {layer_pattern(name)}", name, _UNMAPPED_NOTES[mapped])
     ordered = {layer: _ordered(layers[layer]) for layer in sorted(layers, key=natural_key)}
-    check_layers(ckpt.quant_config is not None, ordered, findings)
+    quantized = ckpt.quant_config is not None
+    check_layers(quantized if mapped == "mapped" else None, ordered, findings)
+    facts = kv_cache_facts(ordered, ckpt.config, meaning)
+    if facts.missing:
+        findings.add("warning", _missing_note(facts))
     parallel = None if tp_size is None else split_heads(ordered, ckpt.config, tp_size, findings)
+    anomalies = findings.anomalies(Anomaly)
+    warnings = sum(a.level == "warning" for a in anomalies)
     labels = {c.plugin: c.label for c in contributions}
     method = ckpt.quant_config.quant_method if ckpt.quant_config else None
-    return Inspection(str(ckpt.directory), method, [c.plugin for c in contributions], labels, ordered,
-                      findings.anomalies(Anomaly), parallel)
+    return Inspection(str(ckpt.directory), method, [c.plugin for c in contributions], labels, ordered, anomalies,
+                      verdict(findings.reasons, warnings, quantized, facts), facts,
+                      summarise(ordered, facts.amax_factor), parallel)
 
 
 _BIAS_NOTE = (
     "the KV cache is affine (ModelOpt): a bias changes the arithmetic, and kvcore.load refuses it "
     "unless the model has a parameter of that name"
 )
-_UNMAPPED_NOTE = (
-    "looks like a scale but no installed plugin's rule maps it onto an attention module, so a "
-    "load would not use it (strict=True refuses it). Install or enable the plugin for this format"
-)
+_UNMAPPED_NOTES = {
+    "mapped": "looks like a scale but no rule of the installed plugins maps it onto an attention module, so "
+    "a load would not use it (strict=True refuses it as unexpected unless the model has a parameter of that "
+    "name). Check that the plugin for this format knows these names",
+    "unhandled": "looks like a scale but no installed plugin's rule maps it onto an attention module, so a "
+    "load would not use it (strict=True refuses it). Install or enable the plugin for this format",
+}
 
 
-def _mappers(ckpt: Checkpoint, findings: Findings) -> tuple[list[Contribution], WeightsMapper]:
-    """The plugins' mappers as a load would combine them; failures become error anomalies."""
+def _missing_note(facts: KvCacheFacts) -> str:
+    return (f"layers {spans(facts.missing)} of {facts.layers} (config.json num_hidden_layers) have no k or v "
+            "scale: kvcore.load uses 1.0 there, and warns when the KV cache is fp8. Check that the "
+            "quantization tool calibrated every layer")
+
+
+def _mappers(ckpt: Checkpoint, findings: Findings) -> tuple[list[Contribution], WeightsMapper, str]:
+    """The plugins' mappers as a load would combine them, and how that went: ``"mapped"``,
+    ``"unhandled"`` (no plugin handles the method) or ``"refused"`` (a plugin refused the config,
+    failed, or plugins conflict); failures are error anomalies, worded as load raises them."""
     try:
         contributions = plugin_mappers(ckpt, strict=True)
     except KvcoreError as exc:
-        findings.add("error", str(exc))
-        return [], WeightsMapper()
+        handled = _handled(ckpt)
+        findings.add("error", str(exc), short=_refusal(ckpt, handled))
+        return [], WeightsMapper(), "refused" if handled else "unhandled"
     try:
         mapper = combine(WeightsMapper(), contributions)
         check_name_conflicts(ckpt.tensors, contributions)
     except KvcoreError as exc:
-        findings.add("error", str(exc))
-        return contributions, _first_agreeing(contributions)
+        findings.add("error", str(exc), short="the installed plugins' mappers conflict")
+        return contributions, _first_agreeing(contributions), "refused"
     _meaning_notes(meaning_of(contributions), findings)
-    return contributions, mapper
+    return contributions, mapper, "mapped"
+
+
+def _handled(ckpt: Checkpoint) -> bool:
+    """Whether some installed plugin claims the method: returns a mapper for it, or refuses its config."""
+    if ckpt.quant_config is None:
+        return True
+    try:
+        return bool(collect_mappers(get_plugin_manager(), ckpt.quant_config))
+    except KvcoreError:
+        return True
+
+
+def _refusal(ckpt: Checkpoint, handled: bool) -> str:
+    method = ckpt.quant_config.quant_method if ckpt.quant_config else None
+    if not handled:
+        return f"no installed plugin handles quant_method {method!r}"
+    return f"a plugin refuses the {method!r} quantization config"
 
 
 MEANING_NOTES = {
@@ -203,31 +249,29 @@ def _scale_entry(
     target: str,
     heads: int | None,
     contributions: list[Contribution],
+    amax_factor: float,
     findings: Findings,
 ) -> ScaleEntry:
-    value = _read_flat(info)
-    check_value(info, target, value, heads, findings)
-    shown: float | list[float] = value.tolist() if value.numel() != 1 else float(value[0])
+    values = _values(info)
+    check_value(info, target, values, heads, findings)
+    value: float | list[float] = values if len(values) != 1 else values[0]
+    amax: float | list[float] = [v * amax_factor for v in values] if len(values) != 1 else values[0] * amax_factor
     plugins = [c.plugin for c in contributions if plugin_map_name(c, info.name) != info.name]
-    return ScaleEntry(info.name, target, list(info.shape), info.dtype, shown, plugins)
+    return ScaleEntry(info.name, target, list(info.shape), info.dtype, value, plugins, amax)
 
 
-def _read_flat(info: TensorInfo) -> torch.Tensor:
-    if info.numel > MAX_READ:
-        return torch.empty(0)
-    return read_tensor(info).to(torch.float32).reshape(-1)
+def _values(info: TensorInfo) -> list[float]:
+    """The elements as float32 reads them; none for a tensor too big to be a scale (an error says so)."""
+    if info.numel > MAX_SCALE_VALUES:
+        return []
+    return as_float32([float(v) for v in decode(info.dtype, read_bytes(info))])
 
 
-def _zero_point(info: TensorInfo, findings: Findings) -> None:
-    value = _read_flat(info)
-    if value.numel() and bool((value != 0).any()):
-        shown = [v for v in value.tolist()[:8] if not math.isnan(v)] or value.tolist()[:8]
-        findings.add(
-            "warning",
-            f"{quoted(info.name)} holds non-zero zero points ({shown}): the KV cache is asymmetric (int8). "
-            "kvcore.load refuses it unless the model's attention has a parameter for it; it is "
-            "never loaded as if symmetric",
-        )
+def _offset(info: TensorInfo, findings: Findings) -> None:
+    """A zero point (or ModelOpt bias mapped to one): all-zero is dropped, anything else refused."""
+    problem = offset_problem(info.name, _values(info))
+    if problem is not None:
+        findings.add("error", f"{shown(info.name)} {problem}", short=f"{shown(info.name)} {problem.partition(':')[0]}")
     else:
         findings.group("info", "zero point", info.name,
                        "all-zero zero points of a symmetric scheme; kvcore.load accepts and drops them")
@@ -235,4 +279,3 @@ def _zero_point(info: TensorInfo, findings: Findings) -> None:
 
 def _ordered(scales: dict[str, ScaleEntry]) -> dict[str, ScaleEntry]:
     return {name: scales[name] for name in SCALE_NAMES if name in scales}
-

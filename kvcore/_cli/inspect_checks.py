@@ -7,9 +7,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
-import torch
-
+from kvcore._checkpoint.decode import FLOAT_DTYPES
 from kvcore._checkpoint.safetensors import TensorInfo
+from kvcore._scale_rules import dtype_problem, scale_problem, size_problem
 from kvcore._show import shown
 
 __all__ = ["HIGH", "LOW", "Findings", "check_layers", "check_value", "is_scale_like", "layer_pattern"]
@@ -33,9 +33,14 @@ class Findings:
     def __init__(self) -> None:
         self._single: list[tuple[str, str]] = []
         self._groups: dict[tuple[str, str], tuple[list[str], str]] = {}
+        self.reasons: list[str] = []
+        """Each error in a few words, in the order found: the verdict line gives the first."""
 
-    def add(self, level: str, message: str) -> None:
+    def add(self, level: str, message: str, *, short: str | None = None) -> None:
+        """Note one anomaly; an error's ``short`` (default: its message) is what the verdict says."""
         self._single.append((level, message))
+        if level == "error":
+            self.reasons.append(short or message)
 
     def group(self, level: str, kind: str, name: str, note: str) -> None:
         """Note ``name``; every name of one ``(level, kind)`` ends up in one message."""
@@ -71,46 +76,65 @@ def is_scale_like(name: str) -> bool:
 def check_value(
     info: TensorInfo,
     target: str,
-    value: torch.Tensor,
+    values: list[float],
     heads: int | None,
     findings: Findings,
 ) -> None:
-    """Shape, dtype and value rules of one KV-cache scale (the same ones a load enforces)."""
+    """Shape, dtype and value rules of one KV-cache scale: ``kvcore._scale_rules``, as a load applies them.
+
+    ``values``: the elements as float32 reads them (empty when too big to read); ``heads``: the
+    KV heads of an attention built from config.json.
+    """
     where = f"{shown(info.name)} (-> {shown(target)})"
-    if info.numel != 1 and info.numel != heads:
-        expected = f"or num_key_value_heads={heads} (config.json) " if heads else ""
-        findings.add("error", f"{where} has shape {list(info.shape)}: a KV-cache scale has one element "
-                              f"{expected}per layer; a load refuses it. Re-export the checkpoint")
-    if not info.torch_dtype.is_floating_point:
-        findings.add("error", f"{where} has dtype {info.dtype}; a KV-cache scale must be floating point")
-    if not value.numel():
+    attr = target.rpartition(".")[2]
+    problem = size_problem(info.shape, heads) or _heads_problem(info, attr, heads)
+    if problem is not None:
+        findings.add("error", f"{where} {problem}; a load refuses it. Re-export the checkpoint",
+                     short=f"{shown(info.name)} has shape {list(info.shape)}")
+    problem = dtype_problem(info.dtype, info.dtype in FLOAT_DTYPES)
+    if problem is not None:
+        findings.add("error", f"{where} {problem}; a load refuses it. Re-export the checkpoint",
+                     short=f"{shown(info.name)} is {info.dtype}, not floating point")
         return
-    text = _shown(value)
-    for problem, bad in (("NaN", torch.isnan(value)), ("an infinite value", torch.isinf(value)),
-                         ("zero", value == 0), ("a negative value", value < 0)):
-        if bool(bad.any()):
-            findings.add("error", f"{where} holds {problem} ({text}): a KV-cache scale must be a finite "
-                                  "positive number, and kvcore.load refuses it. The quantization tool "
-                                  "probably saved an uninitialised scale: re-export the checkpoint")
-            return
-    if bool((value < LOW).any()) or bool((value > HIGH).any()):
-        findings.add("warning", f"{where} = {text} is implausible for amax / 448 (expected between {LOW:g} "
-                                f"and {HIGH:g}); probably an uninitialised or mis-calibrated value. Check the "
-                                "calibration before serving with it")
+    problem = scale_problem(values)
+    if problem is not None:
+        findings.add("error", f"{where} {problem}, and kvcore.load refuses it. The quantization tool "
+                              "probably saved an uninitialised scale: re-export the checkpoint",
+                     short=f"{shown(info.name)} {problem.partition(';')[0]}")
+    elif any(v < LOW or v > HIGH for v in values):
+        findings.add("warning", f"{where} = {_shown(values)} is implausible for amax / 448 (expected between "
+                                f"{LOW:g} and {HIGH:g}); probably an uninitialised or mis-calibrated value. "
+                                "Check the calibration before serving with it")
 
 
-def _shown(value: torch.Tensor) -> str:
-    items = value.tolist()
-    text = ", ".join(f"{v:.6g}" for v in items[:8]) + (", ..." if len(items) > 8 else "")
-    return text if len(items) == 1 else f"[{text}]"
+def _heads_problem(info: TensorInfo, attr: str, heads: int | None) -> str | None:
+    """A load's size rule for an attention built from config.json at tp_size=1 (``rank_scale``):
+    one element, one per KV head, or (``q_scale``) one per query head, reduced per KV head."""
+    count = info.numel
+    if count == 1 or count == heads or (heads and attr == "q_scale" and count % heads == 0):
+        return None
+    said = f"config.json says num_key_value_heads={heads}" if heads else "config.json gives no head count"
+    return (f"has shape {list(info.shape)}: a KV-cache scale has one element (per-tensor) or one per KV "
+            f"head (per-head), and {said}")
+
+
+def _shown(values: list[float]) -> str:
+    text = ", ".join(f"{v:.6g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
+    return text if len(values) == 1 else f"[{text}]"
 
 
 ONE_FOR_BOTH = ("kv_scale", "qkv_proj.output_scale", "kv_b_proj.output_scale")
 """Checkpoint tensors written as one scale for k and v: AutoFP8's legacy name, Quark's fused projections."""
 
 
-def check_layers(quantized: bool, layers: Mapping[str, Mapping[str, _Entry]], findings: Findings) -> None:
-    """Layer-level rules: k without v (or v without k), no scales at all, k == v everywhere."""
+def check_layers(quantized: bool | None, layers: Mapping[str, Mapping[str, _Entry]], findings: Findings) -> None:
+    """Layer-level rules: k without v (or v without k), no scales at all, k == v everywhere.
+
+    ``quantized`` None: the plugins' mappers could not be built (an error says why), so what a
+    load would do without scales is beside the point.
+    """
+    if not layers and quantized is None:
+        return
     if not layers:
         findings.add("info", "no KV-cache scales found: kvcore.load uses 1.0 for every attention layer "
                              "(and warns when the KV cache is fp8)" if quantized else

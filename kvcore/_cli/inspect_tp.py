@@ -1,6 +1,6 @@
 """``kvcore inspect --tp-size T``: which KV heads each tensor-parallel rank's scales hold.
 
-The split itself is :func:`kvcore._loading.heads.rank_heads`, the rule a load applies; this only asks
+The split itself is :func:`kvcore._loading.heads.rank_span`, the rule a load applies; this only asks
 it, per rank, which of the checkpoint's ``H`` KV heads that rank gets.
 """
 
@@ -11,11 +11,9 @@ import math
 from collections.abc import Mapping
 from typing import Protocol
 
-import torch
-
 from kvcore._cli.inspect_checks import Findings
 from kvcore._errors import WeightLoadError
-from kvcore._loading.heads import rank_heads
+from kvcore._loading.heads import rank_span
 
 __all__ = ["TensorParallel", "split_heads"]
 
@@ -52,9 +50,9 @@ def split_heads(
         return TensorParallel(tp_size, None, [None] * tp_size)
     heads = _kv_heads(per_head, config, findings)
     first = next(iter(per_head))
-    everything = torch.arange(heads)
+    everything = list(range(heads))
     try:
-        ranks = [rank_heads(everything, heads, r, tp_size, first).tolist() for r in range(tp_size)]
+        ranks = [everything[rank_span(heads, r, tp_size, first)] for r in range(tp_size)]
     except WeightLoadError:
         others = f" and {len(per_head) - 1} more" if len(per_head) > 1 else ""
         findings.add("error", f"--tp-size {tp_size} does not fit the checkpoint's {heads} KV heads (per-head "

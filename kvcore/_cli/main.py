@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("checkpoint", type=Path, help="checkpoint directory (or one .safetensors file)")
     inspect.add_argument("--tp-size", type=_positive_int, metavar="T",
                          help="also show which KV heads each of T tensor-parallel ranks gets")
+    inspect.add_argument("--layers", action="store_true",
+                         help="list every layer's scales (by default only up to 4 layers; the summary covers all)")
     _json_flag(inspect)
     inspect.set_defaults(run=_inspect)
     demo = sub.add_parser("demo", help="write and load a small checkpoint of each installed format")
@@ -138,7 +140,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from kvcore._cli.inspect import inspect_checkpoint
 
     result = inspect_checkpoint(args.checkpoint, tp_size=args.tp_size)
-    _emit(args, result.as_dict(), lambda: render_inspection(result, _style(args)))
+    _emit(args, result.as_dict(), lambda: render_inspection(result, _style(args), every_layer=args.layers))
     return 1 if result.has_errors else 0
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from kvcore._cli.table import Style, render_table
+from kvcore._cli.table import Style, render_table, spans
 from kvcore._show import printable, shown
 
 if TYPE_CHECKING:  # annotations only: `kvcore plugins` must not import torch through them
     from kvcore._cli.demo import DemoResult
     from kvcore._cli.inspect import Anomaly, Inspection
+    from kvcore._cli.inspect_facts import KvCacheFacts
     from kvcore._cli.inspect_tp import TensorParallel
     from kvcore._plugins.manager import PluginRecord
 
@@ -44,25 +45,74 @@ def render_plugins(records: Sequence[PluginRecord], style: Style) -> str:
     return "\n".join(lines)
 
 
-def render_inspection(result: Inspection, style: Style) -> str:
-    """Header, per-layer scale table, anomalies."""
+SUMMARY_ONLY_ABOVE = 4
+"""More attention layers than this: the per-layer rows only with ``--layers`` (the summary says it all)."""
+DESCRIBES = {"kv": "keys and values",
+             "mla_latent": "the MLA latent (k) and rope key (v)",
+             "mla_per_head": "the MLA model's expanded per-head keys and values"}
+
+
+def render_inspection(result: Inspection, style: Style, *, every_layer: bool = False) -> str:
+    """Verdict, header and KV-cache facts, a summary per scale, per-layer rows, anomalies."""
+    colour = "green" if result.verdict.loads else "red"
+    parts = [style(result.verdict.line(), colour), "", _header(result), ""]
+    if result.summary:
+        parts += [_summary(result, style), ""]
+    if result.layers and (every_layer or len(result.layers) <= SUMMARY_ONLY_ABOVE):
+        parts += [_per_layer(result, style), ""]
+    elif result.layers:
+        parts += [f"({len(result.layers)} attention layers: --layers shows each one's scales)", ""]
+    elif not result.summary:
+        parts += ["no KV-cache scales", ""]
+    if result.tensor_parallel is not None:
+        parts += [_tensor_parallel(result.tensor_parallel), ""]
+    parts.append(_anomalies(result.anomalies, style))
+    return "\n".join(parts)
+
+
+def _header(result: Inspection) -> str:
+    facts = result.kv_cache
     plugins = ", ".join(result.plugin_labels.get(p, p) for p in result.plugins) or "none"
-    head = render_table(["checkpoint", shown(result.checkpoint)],
-                        [["quant method", result.quant_method or "none (unquantized)"], ["plugins", plugins]])
-    parts = [head, ""]
+    rows = [["quant method", result.quant_method or "none (unquantized)"], ["plugins", plugins]]
+    if facts.granularity is not None:
+        heads = f"num_kv_heads={facts.num_kv_heads}" if facts.num_kv_heads else "num_kv_heads unknown"
+        rows += [["KV cache", f"calibrated for {facts.calibrated_for}; amax = scale x {facts.amax_factor:g}"],
+                 ["scales", f"{facts.granularity}; an engine builds the attention with {heads} (per rank: "
+                            "divided by the tensor-parallel size)"],
+                 ["layers", _coverage(facts)],
+                 ["measured", DESCRIBES.get(facts.describes, facts.describes) +
+                  (", with a caveat (the warning below)" if facts.caveat else "")]]
+    return render_table(["checkpoint", shown(result.checkpoint)], rows)
+
+
+def _coverage(facts: KvCacheFacts) -> str:
+    total = facts.layers or len(facts.covered)
+    text = f"{len(facts.covered)} of {total} have k/v scales"
+    if facts.covered:
+        text += f" (layers {spans(facts.covered)})"
+    if facts.missing:
+        text += f"; missing: {spans(facts.missing)} (1.0 there)"
+    return text
+
+
+def _summary(result: Inspection, style: Style) -> str:
+    rows = []
+    for s in result.summary:
+        shapes = ", ".join(str(shape) for shape in s.shapes)
+        rows.append([s.scale, f"{s.count} ({spans(s.layers)})" if s.layers else str(s.count), fmt_value(s.minimum),
+                     fmt_value(s.median), fmt_value(s.maximum), fmt_value(s.maximum * s.amax_factor), shapes,
+                     ", ".join(s.dtypes), shown(s.tensor)])
+    headers = ["scale", "layers", "min", "median", "max", "max amax", "shape", "dtype", "tensor"]
+    return render_table(headers, rows, style)
+
+
+def _per_layer(result: Inspection, style: Style) -> str:
     rows: list[list[str]] = []
     for layer, scales in result.layers.items():
         for i, (scale, entry) in enumerate(scales.items()):
-            rows.append([shown(layer) if i == 0 else "", scale, fmt_value(entry.value), str(entry.shape), entry.dtype,
-                         shown(entry.tensor), ", ".join(entry.plugins) or "-"])
-    if rows:
-        parts.append(render_table(["layer", "scale", "value", "shape", "dtype", "tensor", "plugin"], rows, style))
-    else:
-        parts.append("no KV-cache scales")
-    if result.tensor_parallel is not None:
-        parts += ["", _tensor_parallel(result.tensor_parallel)]
-    parts += ["", _anomalies(result.anomalies, style)]
-    return "\n".join(parts)
+            rows.append([shown(layer) if i == 0 else "", scale, fmt_value(entry.value), fmt_value(entry.amax),
+                         str(entry.shape), entry.dtype, shown(entry.tensor), ", ".join(entry.plugins) or "-"])
+    return render_table(["layer", "scale", "value", "amax", "shape", "dtype", "tensor", "plugin"], rows, style)
 
 
 def _tensor_parallel(tp: TensorParallel) -> str:

@@ -12,7 +12,7 @@ from typing import TextIO
 
 from kvcore._show import printable
 
-__all__ = ["Style", "render_table"]
+__all__ = ["Style", "render_table", "spans"]
 
 _CODES = {"red": "31", "yellow": "33", "green": "32", "cyan": "36", "dim": "2", "bold": "1"}
 
@@ -58,3 +58,14 @@ def render_table(
 
 def _line(cells: Sequence[str], widths: list[int], colours: Sequence[str | None], style: Style) -> str:
     return "  ".join(style(c.ljust(w), col) for c, w, col in zip(cells, widths, colours, strict=True))
+
+
+def spans(numbers: Sequence[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``0-2, 5, 7-8``."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)

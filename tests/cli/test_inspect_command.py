@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-TOP_KEYS = ["quant_method", "plugins", "layers", "anomalies"]
-ENTRY_KEYS = ["tensor", "target", "shape", "dtype", "value"]
+TOP_KEYS = ["quant_method", "plugins", "layers", "anomalies", "verdict", "kv_cache", "summary"]
+ENTRY_KEYS = ["tensor", "target", "shape", "dtype", "value", "amax"]
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
 # docs/formats.md: the checkpoint name of each KV scale under model.layers.N.self_attn, per fixture.
@@ -38,8 +38,10 @@ def _read_all(directory: Path) -> dict[str, torch.Tensor]:
 
 def _expected_entry(name: str, tensor: torch.Tensor, target: str) -> dict[str, object]:
     flat = tensor.to(torch.float32).reshape(-1).tolist()
+    amax = [v * 448 for v in flat]  # every fixture's producer wrote amax / 448 (e4m3)
     return {"tensor": name, "target": target, "shape": list(tensor.shape),
-            "dtype": SAFETENSORS_DTYPES[tensor.dtype], "value": flat[0] if len(flat) == 1 else flat}
+            "dtype": SAFETENSORS_DTYPES[tensor.dtype], "value": flat[0] if len(flat) == 1 else flat,
+            "amax": amax[0] if len(amax) == 1 else amax}
 
 
 def _levels(data: dict[str, object], level: str) -> list[str]:
@@ -85,7 +87,7 @@ def test_human_table_names_each_layer_scale_tensor_and_plugin(run_script, cli: S
     result = run_script("inspect", directory)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "quark" in out.splitlines()[1]  # the quant method line
+    assert "quark" in next(line for line in out.splitlines() if line.startswith("quant method"))
     header = next(line for line in out.splitlines() if line.startswith("layer "))
     column = header.index("tensor")
     for layer, scales in data["layers"].items():
@@ -180,16 +182,19 @@ def test_a_method_no_plugin_handles_is_an_error(run_script, cli: SimpleNamespace
     assert "k_proj.output_scale" in unmapped and "prob_output_scale" in unmapped
 
 
-def test_zero_points_all_zero_are_info_and_non_zero_a_warning(run_script, cli: SimpleNamespace,
-                                                             checkpoint: Callable) -> None:
+def test_zero_points_all_zero_are_info_and_non_zero_an_error(run_script, cli: SimpleNamespace,
+                                                            checkpoint: Callable) -> None:
     fp8 = torch.float8_e4m3fn
     tensors = {**cli.kv_layers({"k_scale": 0.02, "v_scale": 0.03}),
                "model.layers.0.self_attn.k_zero_point": torch.zeros(1, dtype=fp8),
                "model.layers.1.self_attn.k_zero_point": torch.tensor([2.0]).to(fp8)}
     result = run_script("inspect", checkpoint(tensors, quantization_config=cli.compressed_tensors()), "--json")
     data = cli.as_json(result)
+    assert result.returncode == 1  # a load refuses them (tests/cli/test_inspect_agrees_with_load.py)
     assert [i for i in _levels(data, "info") if "model.layers.0.self_attn.k_zero_point" in i]
-    assert [w for w in _levels(data, "warning") if "model.layers.1.self_attn.k_zero_point" in w and "non-zero" in w]
+    assert [e for e in _levels(data, "error") if "model.layers.1.self_attn.k_zero_point" in e
+            and "holds non-zero zero points ([2.0])" in e]
+    assert data["verdict"]["loads"] is False and "k_zero_point" in data["verdict"]["reason"]
 
 
 def test_modelopt_biases_are_flagged(run_script, cli: SimpleNamespace, checkpoint: Callable) -> None:

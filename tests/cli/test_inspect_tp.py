@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-TOP_KEYS = ["quant_method", "plugins", "layers", "anomalies"]
+TOP_KEYS = ["quant_method", "plugins", "layers", "anomalies", "verdict", "kv_cache", "summary"]
 
 
 def _per_head(cli: SimpleNamespace, checkpoint: Callable, heads: int, config_heads: int | None = None) -> Path:
@@ -49,7 +49,7 @@ def test_json_gives_each_ranks_heads_by_vllms_rule(run_script, cli: SimpleNamesp
     result = run_script("inspect", directory, "--tp-size", tp_size, "--json")
     assert result.returncode == 0, result.stderr
     data = cli.as_json(result)
-    assert list(data) == [*TOP_KEYS, "tensor_parallel"]
+    assert list(data) == [*TOP_KEYS[:4], "tensor_parallel", *TOP_KEYS[4:]]  # documented: after anomalies
     assert data["tensor_parallel"] == {
         "tp_size": tp_size, "kv_heads": heads,
         "ranks": [{"rank": r, "heads": h} for r, h in enumerate(expected)],

@@ -58,5 +58,6 @@ def test_the_stages_exist_and_the_flat_modules_are_gone() -> None:
     folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     assert {"_checkpoint", "_plugins", "_loading", "_runtime", "_cli"} <= folders
     flat = sorted(p.stem for p in PACKAGE.glob("_*.py") if p.stem not in {"__init__", "__main__"})
-    shared = ["_attention", "_errors", "_mapper", "_meaning", "_names", "_report", "_scale_param", "_show", "_warn"]
+    shared = ["_attention", "_errors", "_mapper", "_meaning", "_names", "_report", "_scale_param", "_scale_rules",
+              "_show", "_warn"]
     assert flat == shared
