@@ -64,5 +64,5 @@ def get_cache_scale_meaning(quant_config: kvcore.QuantConfig) -> kvcore.ScaleMea
     from kvcore_modelopt.config import parse_config
 
     algorithm = parse_config(quant_config.raw, quant_config.source).kv_cache_algorithm
-    describes = "mla_per_head" if isinstance(quant_config.model_config.get("kv_lora_rank"), int) else "kv"
-    return kvcore.ScaleMeaning(describes, calibrated_for=(algorithm or "FP8").lower())
+    mla = isinstance(quant_config.model_config.get("kv_lora_rank"), int)
+    return kvcore.ScaleMeaning("mla_per_head" if mla else "kv", calibrated_for=(algorithm or "FP8").lower())
