@@ -24,6 +24,7 @@ from kvcore._cli.table import Style
 from kvcore._errors import KvcoreError
 from kvcore._plugins.manager import get_plugin_manager, plugin_records
 from kvcore._show import printable
+from kvcore._warn import logged_instead
 
 __all__ = ["main"]
 
@@ -48,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Only results reach stdout: whatever plugins print (at import, in hooks) goes to
         # stderr, so that --json output stays JSON.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-            # Every warning kvcore issues is also logged; showing both would say it twice.
+        with warnings.catch_warnings(), logged_instead(), contextlib.redirect_stdout(sys.stderr):
+            # kvcore's warnings reach stderr through the log handler, as "kvcore: warning: ...".
             warnings.simplefilter("ignore")
             return args.run(args)
     except KvcoreError as exc:

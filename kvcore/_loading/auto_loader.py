@@ -10,7 +10,14 @@ import torch
 
 from kvcore._errors import WeightLoadError
 from kvcore._loading.finalise import finalise_all, loaded_scales
-from kvcore._loading.naming import Naming, accepts_shard, loader_args, shard_loader_error
+from kvcore._loading.naming import (
+    ADD_ATTENTION,
+    ATTENTION_LEAVES,
+    Naming,
+    accepts_shard,
+    call_loader,
+    shard_loader_error,
+)
 from kvcore._loading.plan import SKIP_SUBSTRS
 from kvcore._loading.targets import attention_modules, model_targets
 from kvcore._mapper import ShardId, WeightsMapper
@@ -64,8 +71,10 @@ class AutoWeightsLoader:
     are dropped and non-zero ones refused. Names starting with one of ``skip_prefixes`` or
     containing one of ``skip_substrs`` are skipped; unexpected names matching
     ``ignore_unexpected_prefixes`` / ``ignore_unexpected_suffixes`` are ignored; any other
-    unexpected name raises ``WeightLoadError``. Afterwards every ``kvcore.Attention`` below
-    ``module`` is finalised (``Attention.process_weights_after_loading``).
+    unexpected name raises ``WeightLoadError``, as does a ``weight_loader`` that raises (naming
+    the parameter and the loader, its exception chained). Afterwards every ``kvcore.Attention``
+    below ``module`` is finalised (``Attention.process_weights_after_loading``), all of them
+    before the first warning: under ``python -W error`` no attention keeps its ``-1.0`` sentinel.
     """
 
     def __init__(
@@ -123,11 +132,23 @@ class AutoWeightsLoader:
                 if not self._can_skip(prefix):
                     yield from self._load_param(prefix, tensors[child_prefix], child_weights, module)
             elif not self._skippable_unknown(prefix):
-                raise WeightLoadError(
-                    f"there is no module or parameter named {prefix!r} in "
-                    f"{type(self.module).__name__}; pass a mapper that renames it, or "
-                    "ignore_unexpected_prefixes/suffixes to ignore it"
-                )
+                raise self._unknown(prefix, child_weights)
+
+    def _unknown(self, prefix: str, weights: Items) -> WeightLoadError:
+        """The error for weights under ``prefix``, which names no module or parameter."""
+        rest, item = next(iter(weights))
+        name = _qualname(prefix, rest)
+        model = type(self.module).__name__
+        where = f"there is no module or parameter named {prefix!r} in {model} (for {item.source!r})"
+        has_attention = any(t.is_kv_scale for t in model_targets(self.module).values())
+        if name.rpartition(".")[2] in ATTENTION_LEAVES and not has_attention:
+            return WeightLoadError(
+                f"{where}: it is a KV-cache scale (as {name!r}) but the model has no kvcore.Attention. "
+                f"{ADD_ATTENTION[0].upper()}{ADD_ATTENTION[1:]}, or skip_substrs to leave the scales out"
+            )
+        return WeightLoadError(
+            f"{where}; pass a mapper that renames it, or ignore_unexpected_prefixes/suffixes to ignore it"
+        )
 
     def _skippable_unknown(self, prefix: str) -> bool:
         return any(
@@ -151,16 +172,25 @@ class AutoWeightsLoader:
                     f"{base_prefix!r}"
                 )
             loader = getattr(param, "weight_loader", None)
+            where = f"tensor {item.source!r} (loading into {qualname!r})"
             if loader is KVCacheScaleParameter.weight_loader:  # kvcore's own: per-head too, errors named
-                where = f"tensor {item.source!r} (loading into {qualname!r})"
                 load_scale(param, item.tensor, getattr(owner, "num_kv_heads", None), where)
             elif item.shard is not None:
                 if not accepts_shard(loader, item.shard):
                     raise shard_loader_error(qualname, item.unpacked, item.shard)
-                loader(param, item.tensor, *loader_args(item.shard))  # type: ignore[misc]
+                call_loader(loader, param, item.tensor, item.shard, where)  # type: ignore[arg-type]
+            elif loader is not None:
+                call_loader(loader, param, item.tensor, None, where)
             else:
-                (loader or default_weight_loader)(param, item.tensor)
+                _load_plain(param, item.tensor, where)
             yield qualname
+
+
+def _load_plain(param: torch.Tensor, tensor: torch.Tensor, where: str) -> None:
+    try:
+        default_weight_loader(param, tensor)
+    except WeightLoadError as exc:
+        raise WeightLoadError(f"{where}: {exc}; the checkpoint was made for a different model config") from exc
 
 
 def _resolved(weights: Weights, naming: Naming) -> Iterator[tuple[str, _Item]]:

@@ -39,7 +39,7 @@ import torch
 from kvcore._checkpoint.file_tensor import FileTensor
 from kvcore._checkpoint.safetensors import DTYPES, TensorInfo, check_unchanged
 from kvcore._errors import CheckpointError, WeightLoadError
-from kvcore._loading.naming import loader_args
+from kvcore._loading.naming import LoaderFailed, call_loader
 from kvcore._loading.plan import Copy
 from kvcore._show import shown
 
@@ -75,8 +75,9 @@ def copy_all(copies: list[Copy], progress: Progress | None = None, *, sliced: bo
                 log.current = batch[0]
                 with _Shard(path, batch[0].info, threads, sliced) as shard:
                     _copy_shard(shard, batch, log, progress)
-    except Exception as exc:
-        raise _interrupted(exc, log) from exc
+    except Exception as exc:  # noqa: BLE001 - re-raised, chained
+        # A failing weight_loader's message says it all: chain what the loader raised.
+        raise _interrupted(exc, log) from (exc.__cause__ if isinstance(exc, LoaderFailed) else exc)
     return log.written
 
 
@@ -292,10 +293,8 @@ class _Shard:
             return
         if source.data_ptr() % source.dtype.itemsize == 0 and copy.info.start % source.dtype.itemsize == 0:
             source = FileTensor.wrap(source, self.read_into, copy.info.start)
-        if copy.shard is not None:
-            copy.loader(copy.target.tensor, source, *loader_args(copy.shard))
-        else:
-            copy.loader(copy.target.tensor, source)
+        where = f"checkpoint tensor {copy.info.name!r} in {copy.info.path} (loading into {copy.target.name!r})"
+        call_loader(copy.loader, copy.target.tensor, source, copy.shard, where)
 
     def read_into(self, address: int, offset: int, size: int) -> bool:
         """Read ``size`` bytes at file ``offset`` into memory at ``address``, on every reader thread.
@@ -453,6 +452,12 @@ def _interrupted(exc: Exception, log: _Log) -> CheckpointError | WeightLoadError
         if changed
         else "Nothing was written"
     )
+    if isinstance(exc, LoaderFailed):  # the model's own weight_loader failed, not the checkpoint
+        return WeightLoadError(
+            f"{exc} {len(written)} parameter(s) were written before{': ' + done if written else ''}"
+            f"{partly}. {advice}, and load again once the loader is fixed",
+            written=changed,
+        )
     if isinstance(exc, WeightLoadError):  # the model changed under the load (_Pinned)
         return WeightLoadError(
             f"{exc}. {len(written)} parameter(s) were written before{': ' + done if written else ''}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 
 import torch
 
@@ -13,62 +13,100 @@ from kvcore._scale_param import DEFAULTED, NOT_LOADED, store_scale
 from kvcore._show import shown
 from kvcore._warn import warn
 
-__all__ = ["DEFAULT", "fill_k_v", "final_values", "finalise_all", "finalise_module", "loaded_scales"]
+__all__ = [
+    "DEFAULT",
+    "Finalisation",
+    "decide",
+    "fill_k_v",
+    "final_values",
+    "finalise_all",
+    "finalise_module",
+    "loaded_scales",
+    "write_all",
+]
 
-log = logging.getLogger("kvcore")
 DEFAULT = "default"
 
 Value = float | list[float]
 
 
+@dataclasses.dataclass
+class Finalisation:
+    """What finalising the attention modules will write, and the warnings it owes, decided
+    before anything is written (``kvcore.load`` warns before its first write)."""
+
+    usable: dict[str, dict[str, ScaleValue]]
+    warnings: list[str]
+
+
+def decide(
+    attention: dict[str, torch.nn.Module], scales: dict[str, dict[str, ScaleValue]], meaning: ScaleMeaning
+) -> Finalisation:
+    """The scales each attention module can use (``scales`` read as ``meaning`` says), and the warnings.
+
+    One warning per quantized module with no k or v scale; one per reason, naming the layers,
+    for scales set aside because they describe another cache (MLA); one for the plugin's
+    caveat, naming the layers whose scales it concerns.
+    """
+    usable: dict[str, dict[str, ScaleValue]] = {}
+    messages: list[str] = []
+    set_aside: dict[str, list[str]] = {}
+    for name, module in attention.items():
+        usable[name], why = interpret(scales.get(name, {}), bool(getattr(module, "use_mla", False)), meaning)
+        if why is not None:
+            set_aside.setdefault(why, []).append(name)
+        elif "k_scale" not in fill_k_v(usable[name]) and _is_quantized(module):
+            messages.append(
+                f"attention layer {name!r} has an fp8 KV cache but the checkpoint has no k or v "
+                "scale for it; using 1.0, which may lose accuracy. Use a checkpoint calibrated for "
+                "an fp8 KV cache"
+            )
+    for why, names in set_aside.items():
+        messages.append(f"k and v scales of 1.0 for {_layers(names)}: {why}. Use a checkpoint calibrated for "
+                        "this cache")
+    concerned = [name for name in attention if "k_scale" in scales.get(name, {})]
+    if meaning.caveat and concerned:
+        messages.append(f"{meaning.caveat} ({_layers(concerned)})")
+    return Finalisation(usable, messages)
+
+
+def write_all(
+    attention: dict[str, torch.nn.Module], decided: Finalisation
+) -> tuple[dict[str, dict[str, Value]], dict[str, dict[str, str]]]:
+    """Write every attention module's final scales as ``decided``; their values and sources."""
+    values, sources = {}, {}
+    for name, module in attention.items():
+        values[name], sources[name] = finalise_module(module, decided.usable[name])
+    return values, sources
+
+
 def finalise_all(
     attention: dict[str, torch.nn.Module], scales: dict[str, dict[str, ScaleValue]], meaning: ScaleMeaning
 ) -> tuple[dict[str, dict[str, Value]], dict[str, dict[str, str]]]:
-    """Finalise every attention module with the scales planned for it, read as ``meaning`` says.
+    """Finalise every attention module with the scales loaded into it, then warn.
 
-    Warns once per reason, naming the layers: scales set aside because they describe another
-    cache (MLA), and the plugin's caveat for the layers whose scales it concerns.
+    Every module is written before the first warning, so that under ``-W error`` (a warning
+    raised) no module is left holding the ``-1.0`` sentinel.
     """
-    values, sources = {}, {}
-    set_aside: dict[str, list[str]] = {}
-    for name, module in attention.items():
-        usable, why = interpret(scales.get(name, {}), bool(getattr(module, "use_mla", False)), meaning)
-        if why is not None:
-            set_aside.setdefault(why, []).append(name)
-        values[name], sources[name] = finalise_module(name, module, usable, quiet=why is not None)
-    for why, names in set_aside.items():
-        warn(f"k and v scales of 1.0 for {_layers(names)}: {why}. Use a checkpoint calibrated for this cache")
-    concerned = [name for name in attention if "k_scale" in scales.get(name, {})]
-    if meaning.caveat and concerned:
-        warn(f"{meaning.caveat} ({_layers(concerned)})")
-    return values, sources
+    decided = decide(attention, scales, meaning)
+    written = write_all(attention, decided)
+    for message in decided.warnings:
+        warn(message)
+    return written
 
 
 def _layers(names: list[str]) -> str:
     return f"{len(names)} attention layer(s): {', '.join(map(shown, names))}"
 
 
-def finalise_module(
-    module_name: str,
-    module: torch.nn.Module,
-    loaded: dict[str, ScaleValue],
-    *,
-    quiet: bool = False,
-) -> tuple[dict[str, Value], dict[str, str]]:
+def finalise_module(module: torch.nn.Module, loaded: dict[str, ScaleValue]) -> tuple[dict[str, Value], dict[str, str]]:
     """Write the final scales of one attention module; return their values and sources.
 
     Rules (vLLM's where sound): k and v both loaded are used; one of them serves for both
-    (vLLM asserts on v-only, kvcore does not); neither gives 1.0, with a warning when the KV
-    cache is quantized (``quiet``: the caller explains it); q and prob default to 1.0.
+    (vLLM asserts on v-only, kvcore does not); neither gives 1.0 (``decide`` words the
+    warning); q and prob default to 1.0.
     """
     chosen = fill_k_v(loaded)
-    if "k_scale" not in chosen and _is_quantized(module) and not quiet:
-        message = (
-            f"attention layer {module_name!r} has an fp8 KV cache but the checkpoint has no k or v "
-            "scale for it; using 1.0, which may lose accuracy. Use a checkpoint calibrated for an "
-            "fp8 KV cache"
-        )
-        warn(message)
     values: dict[str, Value] = {}
     sources: dict[str, str] = {}
     for attr, param in module.named_parameters(recurse=False):

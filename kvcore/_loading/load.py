@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -12,9 +11,9 @@ from kvcore._checkpoint.reader import Checkpoint, read_checkpoint
 from kvcore._checkpoint.safetensors import check_shards_unchanged
 from kvcore._errors import WeightLoadError
 from kvcore._loading.copy import copy_all
-from kvcore._loading.finalise import finalise_all
+from kvcore._loading.finalise import Finalisation, decide, write_all
 from kvcore._loading.gc import paused_gc
-from kvcore._loading.naming import ATTENTION_LEAVES
+from kvcore._loading.naming import ADD_ATTENTION, ATTENTION_LEAVES
 from kvcore._loading.parallel import Parallel
 from kvcore._loading.plan import Plan, build_plan
 from kvcore._loading.progress import default_progress
@@ -28,8 +27,6 @@ from kvcore._show import shown
 from kvcore._warn import warn
 
 __all__ = ["load", "parallel"]
-
-log = logging.getLogger("kvcore")
 
 
 @paused_gc  # a 10^5-tensor plan would otherwise trigger many full collections
@@ -66,7 +63,11 @@ def load(
     The model must not be mutated during a load (by another thread, the ``progress``
     callback or a ``weight_loader``): a parameter whose storage, size, dtype or layout
     changed is refused with a ``WeightLoadError`` naming it, and its ``written`` lists what
-    was already written.
+    was already written. A ``weight_loader`` that raises is a ``WeightLoadError`` naming the
+    parameter and the loader, with the loader's exception chained.
+
+    Every warning is issued before the first write: under ``python -W error`` a load that
+    warns raises with the model untouched.
     """
     ckpt = read_checkpoint(checkpoint)
     contributions = plugin_mappers(ckpt, strict=strict, plugins=plugins, disable_plugins=disable_plugins)
@@ -76,10 +77,14 @@ def load(
     par = parallel(ckpt, tp_rank, tp_size)
     plan = build_plan(ckpt.tensors.values(), targets, combined, model, par)
     _settle_strictness(plan, strict, ckpt, targets)
+    attention = attention_modules(targets)
+    decided = decide(attention, plan.scales, meaning_of(contributions))
+    for message in decided.warnings:  # before the first write: under -W error the model is untouched
+        warn(message)
     check_shards_unchanged(ckpt.shards)  # a shard rewritten since planning is refused before any write
     with default_progress(plan.copies, progress) as report_bytes:  # a bar on a TTY for big loads
         loaded = copy_all(plan.copies, report_bytes, sliced=par.size > 1)
-    return _finalise(attention_modules(targets), ckpt, contributions, plan, loaded)
+    return _report(attention, decided, ckpt, contributions, plan, loaded)
 
 
 def parallel(ckpt: Checkpoint, tp_rank: int, tp_size: int) -> Parallel:
@@ -118,6 +123,9 @@ def _settle_strictness(plan: Plan, strict: bool, ckpt: Checkpoint, targets: Mapp
         ]
     if strict:
         raise WeightLoadError("\n".join(lines) + "\nNothing was written. " + _advice(plan, targets))
+    if scales := _scales_without_attention(plan, targets):
+        lines.append(f"The model has no kvcore.Attention, so its {len(scales)} KV-cache scale(s) were not "
+                     f"loaded: {ADD_ATTENTION}")
     warn("\n".join(lines))
 
 
@@ -126,15 +134,21 @@ def _absent(plan: Plan, name: str) -> str:
     return f" (packed: shard(s) {', '.join(map(repr, shards))} absent)" if shards else ""
 
 
+def _scales_without_attention(plan: Plan, targets: Mapping[str, Target]) -> list[str]:
+    """The unexpected tensors that are KV-cache scales, when the model has no ``kvcore.Attention``."""
+    if any(t.is_kv_scale for t in targets.values()):
+        return []
+    return [n for n in plan.unexpected if plan.renamed[n].rpartition(".")[2] in ATTENTION_LEAVES]
+
+
 def _advice(plan: Plan, targets: Mapping[str, Target]) -> str:
     """What to do about the offenders, the likeliest cause first."""
-    scales = [n for n in plan.unexpected if plan.renamed[n].rpartition(".")[2] in ATTENTION_LEAVES]
-    if scales and not any(t.is_kv_scale for t in targets.values()):
+    if scales := _scales_without_attention(plan, targets):
+        others = len(plan.unexpected) - len(scales) + len(plan.missing)
+        rest = f"; for the {others} other tensor(s) and parameter(s), pass a mapper that renames them" if others else ""
         return (
             f"The checkpoint has KV-cache scales ({scales[0]!r}, ...) but the model has no "
-            "kvcore.Attention: add one per attention layer (kvcore.Attention(num_heads, head_size, "
-            "num_kv_heads) beside the projections, at <layer>.self_attn.attn), or pass strict=False "
-            "to load the rest"
+            f"kvcore.Attention: {ADD_ATTENTION}{rest}, or pass strict=False to load the rest"
         )
     if plan.absent_shards and len(plan.absent_shards) == len(plan.missing) and not plan.unexpected:
         return "The checkpoint lacks shards of packed parameters: use a complete checkpoint for this model"
@@ -147,15 +161,16 @@ def _unexpected_line(ckpt: Checkpoint, name: str, mapped: str, parameters: Sugge
     return f"  {where} in {shown(ckpt.tensors[name].path.name)}{hint}"
 
 
-def _finalise(
+def _report(
     attention: dict[str, torch.nn.Module],
+    decided: Finalisation,
     ckpt: Checkpoint,
     contributions: list[Contribution],
     plan: Plan,
     loaded: set[str],
 ) -> LoadReport:
-    meaning = meaning_of(contributions)
-    kv_scales, sources = finalise_all(attention, plan.scales, meaning)
+    """Write the attention modules' final scales as ``decided``; what the load did."""
+    kv_scales, sources = write_all(attention, decided)
     for name, origin in sources.items():
         prefix = f"{name}." if name else ""
         loaded |= {prefix + attr for attr, src in origin.items() if src != "default"}
@@ -169,5 +184,5 @@ def _finalise(
         kv_scale_sources=sources,
         dropped=plan.dropped,
         checkpoint=str(ckpt.directory),
-        calibrated_for=meaning.calibrated_for if ckpt.quant_config else None,
+        calibrated_for=meaning_of(contributions).calibrated_for if ckpt.quant_config else None,
     )

@@ -14,6 +14,7 @@ Packing comes last, so a KV-cache scale name never becomes ``….qkv_proj.*``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,17 +28,27 @@ from kvcore._mapper import ShardId, WeightsMapper
 from kvcore._names import SCALE_NAMES, ZERO_POINT_NAMES
 
 __all__ = [
+    "ADD_ATTENTION",
     "ATTENTION_LEAVES",
+    "LoaderFailed",
     "Naming",
     "Packing",
     "ZERO_POINT_NAMES",
     "accepts_shard",
+    "call_loader",
     "loader_args",
+    "loader_name",
     "shard_loader_error",
 ]
 
 ATTENTION_LEAVES = frozenset(SCALE_NAMES) | ZERO_POINT_NAMES
 """Leaves that belong to an attention module: redirected to the one below ``<P>``."""
+
+ADD_ATTENTION = (
+    "add one kvcore.Attention per attention layer (kvcore.Attention(num_heads, head_size, "
+    "num_kv_heads) beside the projections, at <layer>.self_attn.attn)"
+)
+"""The fix for KV-cache scales in a model that has no ``kvcore.Attention`` to hold them."""
 
 Resolved = tuple[str | None, ShardId | None]
 
@@ -202,3 +213,34 @@ def accepts_shard(loader: Callable[..., object] | None, shard: ShardId) -> bool:
 def loader_args(shard: ShardId) -> tuple[object, ...]:
     """What a packed parameter's loader receives after ``(param, tensor)``."""
     return tuple(shard) if isinstance(shard, ExpertShard) else (shard,)
+
+
+class LoaderFailed(WeightLoadError):
+    """A parameter's own ``weight_loader`` raised: the model's code failed, not the checkpoint."""
+
+
+def call_loader(
+    loader: Callable[..., object], param: torch.Tensor, tensor: torch.Tensor, shard: ShardId | None, where: str
+) -> None:
+    """``loader(param, tensor[, shard id[, expert id]])``; what it raises becomes a ``LoaderFailed``.
+
+    ``where`` names the checkpoint tensor and the parameter (``checkpoint tensor 'x' ...
+    (loading into 'p')``); the loader's own exception is chained.
+    """
+    try:
+        loader(param, tensor, *(() if shard is None else loader_args(shard)))
+    except Exception as exc:
+        as_shard = "" if shard is None else f" as shard {shard!r}"
+        raise LoaderFailed(
+            f"{where}{as_shard}: the parameter's weight_loader {loader_name(loader)} raised "
+            f"{type(exc).__name__}: {exc}. The checkpoint tensor (shape {list(tensor.shape)}, "
+            f"{tensor.dtype}) was read; the loader, which is the model's code, failed on it. Fix the "
+            "loader, or build the model with the config the checkpoint was made for."
+        ) from exc
+
+
+def loader_name(loader: Callable[..., object]) -> str:
+    """``module.qualified.name`` of a loader (of the function a ``functools.partial`` wraps)."""
+    function = loader.func if isinstance(loader, functools.partial) else loader
+    qualname = getattr(function, "__qualname__", None) or type(function).__qualname__
+    return f"{getattr(function, '__module__', None) or type(function).__module__}.{qualname}"

@@ -6,10 +6,11 @@ is touched until the plan is complete.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import compress, groupby, repeat
 from typing import NamedTuple
 
@@ -136,6 +137,7 @@ def _careful_plan(
     plan = Plan([], {}, [], [], [])
     claimed: dict[int, str] = {}
     packed: dict[int, dict[ShardId, str]] = {}
+    misfits: list[Misfit] = []  # every one is reported, not just the first
     claim, copies = claimed.setdefault, plan.copies
     for info, target, name, shard in zip(infos, found, names, shards, strict=True):
         if name is None or ("rotary_" in name and any(s in name for s in SKIP_SUBSTRS)):
@@ -146,7 +148,8 @@ def _careful_plan(
             continue
         if shard is not None:
             _claim_shard(claimed, packed, info, target, shard)
-            copies.append(Copy(info, target, target.loader, check_fits(info, target), shard))
+            with _collected(misfits):
+                copies.append(Copy(info, target, target.loader, check_fits(info, target), shard))
             continue
         # The first tensor to claim a parameter is recorded; a second one is a conflict.
         if claim(id(target.tensor), info.name) is not info.name:
@@ -154,10 +157,36 @@ def _careful_plan(
         if target.is_kv_scale:
             plan.scales.setdefault(canonical[id(target.module)], {})[target.attr] = plan_scale(info, target, par)
         else:
-            copies.append(_copy(info, target, par))
+            with _collected(misfits):
+                copies.append(_copy(info, target, par))
+    if misfits:
+        raise misfits_error(misfits)
     _note_absent_shards(plan, packed, found, naming)
     return plan, claimed
 
+
+@contextlib.contextmanager
+def _collected(misfits: list[Misfit]) -> Iterator[None]:
+    try:
+        yield
+    except Misfit as misfit:
+        misfits.append(misfit)
+
+
+MAX_MISFITS = 20
+"""Tensors a misfit error lists one by one; the rest are counted."""
+
+
+def misfits_error(misfits: list[Misfit]) -> WeightLoadError:
+    """One error for every tensor whose shape or dtype does not suit its parameter, capped."""
+    if len(misfits) == 1:
+        return WeightLoadError(str(misfits[0]))
+    lines = [f"{len(misfits)} checkpoint tensors do not fit their parameters:"]
+    lines += [f"  {m.problem}" for m in misfits[:MAX_MISFITS]]
+    if len(misfits) > MAX_MISFITS:
+        lines.append(f"  ... and {len(misfits) - MAX_MISFITS} more")
+    advice = dict.fromkeys(m.advice for m in misfits)  # each once, in order
+    return WeightLoadError("\n".join(lines) + "\nNothing was written: " + "; ".join(advice) + ".")
 
 def _copy(info: TensorInfo, target: Target, par: Parallel) -> Copy:
     """The copy of ``info`` into ``target``: this rank's slice of it for a ``tp_dim`` parameter."""
@@ -314,6 +343,14 @@ def _missing(targets: dict[str, Target], claimed: dict[int, str]) -> list[str]:
     return sorted(missing)
 
 
+class Misfit(WeightLoadError):
+    """A tensor whose shape or dtype does not suit its parameter: ``problem``, then ``advice``."""
+
+    def __init__(self, problem: str, advice: str) -> None:
+        super().__init__(f"{problem}; {advice}")
+        self.problem, self.advice = problem, advice
+
+
 def check_fits(info: TensorInfo, target: Target) -> bool:
     """Shape and dtype of ``info`` suit ``target`` (custom loaders judge shapes themselves).
 
@@ -322,15 +359,16 @@ def check_fits(info: TensorInfo, target: Target) -> bool:
     tensor, loader = target.tensor, target.loader
     source, dest = DTYPES[info.dtype], tensor.dtype
     if tensor.shape != info.shape and loader is None and not (tensor.numel() == 1 and info.numel == 1):
-        raise WeightLoadError(
+        raise Misfit(
             f"{_where(info, target.name)} has shape {list(info.shape)} but the parameter has "
-            f"shape {list(tensor.shape)}; the checkpoint was made for a different model config"
+            f"shape {list(tensor.shape)}",
+            "the checkpoint was made for a different model config",
         )
     if dest is not source and not _convertible(source, dest):
-        raise WeightLoadError(
-            f"{_where(info, target.name)} has dtype {info.dtype} but the parameter is "
-            f"{dest}; kvcore converts only between floating-point types of 16 bits or "
-            "more. Build the model with the checkpoint's dtype for this parameter"
+        raise Misfit(
+            f"{_where(info, target.name)} has dtype {info.dtype} but the parameter is {dest}",
+            "kvcore converts only between floating-point types of 16 bits or more. Build the model "
+            "with the checkpoint's dtypes",
         )
     # Without a loader the sizes match (checked above), so equal dtypes mean equal bytes.
     return (

@@ -102,7 +102,10 @@ def test_weight_loader_raising_mid_way(model: torch.nn.Module, ckpt: Path) -> No
     with pytest.raises(kvcore.KvcoreError) as caught:
         kvcore.load(model, ckpt)
     error, message = caught.value, str(caught.value)
-    assert isinstance(error, CheckpointError)
+    # The model's loader failed, not the checkpoint: named as such, its exception chained.
+    assert isinstance(error, kvcore.WeightLoadError) and not isinstance(error, CheckpointError)
+    assert f"weight_loader {__name__}.{half_then_fail.__qualname__} raised" in message
+    assert isinstance(error.__cause__, RuntimeError) and "checkpoint is readable" not in message
     assert error.written == changed(model, before)
     assert victim in error.written
     assert f"{victim!r} may be partly written" in message
