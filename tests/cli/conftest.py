@@ -1,8 +1,4 @@
-"""Fixtures for the command-line tests: run the installed ``kvcore`` script in a real subprocess.
-
-``tests/architectures`` goes on ``sys.path`` too: the inspect-versus-load test builds each
-fixture's model with its ``arch_models`` (module names no other test directory uses).
-"""
+"""Fixtures for the command-line tests: run the installed ``kvcore`` script in a real subprocess."""
 
 from __future__ import annotations
 
@@ -20,7 +16,6 @@ import torch
 from kvcore.testing import write_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "architectures"))
 FIXTURES = REPO / "tests" / "fixtures" / "real"
 SCRIPT = Path(sys.executable).with_name("kvcore")
 
