@@ -25,7 +25,7 @@ _BAD_VALUES = (
 )
 
 
-def shown(values: Sequence[float]) -> str:
+def _listed(values: Sequence[float]) -> str:
     """Up to eight values as a list, more as their count."""
     return str(list(values)) if len(values) <= 8 else f"{len(values)} values"
 
@@ -38,7 +38,7 @@ def scale_problem(values: Sequence[float]) -> str | None:
     """
     for problem, bad in _BAD_VALUES:
         if any(map(bad, values)):
-            return f"holds {problem} ({shown(values)}); a KV-cache scale must be a finite positive number"
+            return f"holds {problem} ({_listed(values)}); a KV-cache scale must be a finite positive number"
     return None
 
 
@@ -69,7 +69,7 @@ def offset_problem(tensor: str, values: Sequence[float]) -> str | None:
     leaf = tensor.rpartition(".")[2]
     kind = f"affine offsets ({leaf}, ModelOpt's FP8_AFFINE)" if leaf in ("k_bias", "v_bias") else "zero points"
     return (
-        f"holds non-zero {kind} ({shown(values)}): the KV cache is asymmetric, and kvcore.Attention holds "
+        f"holds non-zero {kind} ({_listed(values)}): the KV cache is asymmetric, and kvcore.Attention holds "
         "symmetric KV caches only (a load refuses them unless the model's attention has a parameter of "
         "that name). Quantize the KV cache symmetrically"
     )

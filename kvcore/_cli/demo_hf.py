@@ -65,7 +65,8 @@ def _prefill_and_step(model: Any, ids: torch.Tensor, cache: Any) -> torch.Tensor
 
 
 def _head_dim(config: Any) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    head_dim: int = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return head_dim
 
 
 def render_hf_demo(result: dict[str, Any] | None) -> str:

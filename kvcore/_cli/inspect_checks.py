@@ -12,7 +12,7 @@ from kvcore._checkpoint.safetensors import TensorInfo
 from kvcore._scale_rules import dtype_problem, scale_problem, size_problem
 from kvcore._show import shown
 
-__all__ = ["HIGH", "LOW", "Findings", "check_layers", "check_value", "is_scale_like", "layer_pattern"]
+__all__ = ["HIGH", "LOW", "Findings", "Scale", "check_layers", "check_value", "is_scale_like", "layer_pattern"]
 
 LOW, HIGH = 1e-6, 1e4
 """Outside these, a scale (= amax / 448) means an amax below ~4.5e-4 or above ~4.5e6:
@@ -22,9 +22,17 @@ LEVELS = ("error", "warning", "info")
 A = TypeVar("A")
 
 
-class _Entry(Protocol):
-    tensor: str
-    value: float | list[float]
+class Scale(Protocol):
+    """What the rules read of a scale entry (``kvcore._cli.inspect.ScaleEntry``), read-only."""
+
+    @property
+    def tensor(self) -> str: ...
+    @property
+    def shape(self) -> list[int]: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def value(self) -> float | list[float]: ...
 
 
 class Findings:
@@ -127,7 +135,7 @@ ONE_FOR_BOTH = ("kv_scale", "qkv_proj.output_scale", "kv_b_proj.output_scale")
 """Checkpoint tensors written as one scale for k and v: AutoFP8's legacy name, Quark's fused projections."""
 
 
-def check_layers(quantized: bool | None, layers: Mapping[str, Mapping[str, _Entry]], findings: Findings) -> None:
+def check_layers(quantized: bool | None, layers: Mapping[str, Mapping[str, Scale]], findings: Findings) -> None:
     """Layer-level rules: k without v (or v without k), no scales at all, k == v everywhere.
 
     ``quantized`` None: the plugins' mappers could not be built (an error says why), so what a

@@ -11,9 +11,8 @@ import dataclasses
 import re
 import statistics
 from collections.abc import Mapping, Sequence
-from typing import Protocol
 
-from kvcore._cli.inspect_checks import layer_pattern
+from kvcore._cli.inspect_checks import Scale, layer_pattern
 from kvcore._cli.table import spans
 from kvcore._meaning import ScaleMeaning
 from kvcore._names import SCALE_NAMES
@@ -25,13 +24,6 @@ AMAX_FACTOR = {"fp8_e5m2": 57344.0}
 """The largest finite value of the KV dtype a scale was calibrated for: scale = amax / factor.
 Every producer here writes amax / 448 (float8 e4m3's max), nvfp4 included; e5m2 would use 57344."""
 E4M3_MAX = 448.0
-
-
-class _Entry(Protocol):
-    tensor: str
-    shape: list[int]
-    dtype: str
-    value: float | list[float]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +97,7 @@ def layer_number(module: str) -> int | None:
 
 
 def kv_cache_facts(
-    layers: Mapping[str, Mapping[str, _Entry]], config: Mapping[str, object], meaning: ScaleMeaning
+    layers: Mapping[str, Mapping[str, Scale]], config: Mapping[str, object], meaning: ScaleMeaning
 ) -> KvCacheFacts:
     """The facts above, from the scales found and config.json."""
     sizes = {_size(e) for scales in layers.values() for e in scales.values()}
@@ -123,7 +115,7 @@ def kv_cache_facts(
                         total, covered, missing)
 
 
-def summarise(layers: Mapping[str, Mapping[str, _Entry]], amax_factor: float) -> list[ScaleSummary]:
+def summarise(layers: Mapping[str, Mapping[str, Scale]], amax_factor: float) -> list[ScaleSummary]:
     """One summary per scale name the checkpoint holds, in the order k, v, q, prob."""
     out = []
     for scale in SCALE_NAMES:
@@ -166,7 +158,7 @@ def verdict(reasons: Sequence[str], warnings: int, quantized: bool, facts: KvCac
     return Verdict(True, "; ".join(parts))
 
 
-def _size(entry: _Entry) -> int:
+def _size(entry: Scale) -> int:
     return len(entry.value) if isinstance(entry.value, list) else 1
 
 

@@ -9,18 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Protocol
 
-from kvcore._cli.inspect_checks import Findings
+from kvcore._cli.inspect_checks import Findings, Scale
 from kvcore._errors import WeightLoadError
 from kvcore._loading.heads import rank_span
 
 __all__ = ["TensorParallel", "split_heads"]
-
-
-class _Entry(Protocol):
-    tensor: str
-    shape: list[int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +33,7 @@ class TensorParallel:
 
 
 def split_heads(
-    layers: Mapping[str, Mapping[str, _Entry]],
+    layers: Mapping[str, Mapping[str, Scale]],
     config: Mapping[str, object],
     tp_size: int,
     findings: Findings,
@@ -52,7 +46,7 @@ def split_heads(
     first = next(iter(per_head))
     everything = list(range(heads))
     try:
-        ranks = [everything[rank_span(heads, r, tp_size, first)] for r in range(tp_size)]
+        ranks: list[list[int] | None] = [everything[rank_span(heads, r, tp_size, first)] for r in range(tp_size)]
     except WeightLoadError:
         others = f" and {len(per_head) - 1} more" if len(per_head) > 1 else ""
         findings.add("error", f"--tp-size {tp_size} does not fit the checkpoint's {heads} KV heads (per-head "
@@ -63,7 +57,7 @@ def split_heads(
     return TensorParallel(tp_size, heads, ranks)
 
 
-def _per_head(layers: Mapping[str, Mapping[str, _Entry]], config: Mapping[str, object]) -> dict[str, int]:
+def _per_head(layers: Mapping[str, Mapping[str, Scale]], config: Mapping[str, object]) -> dict[str, int]:
     """Per-head scale tensor -> its KV-head count (a per-query-head q_scale counts its KV heads)."""
     query, kv = config.get("num_attention_heads"), config.get("num_key_value_heads")
     found = {}

@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings(), logged_instead(), contextlib.redirect_stdout(sys.stderr):
             # kvcore's warnings reach stderr through the log handler, as "kvcore: warning: ...".
             warnings.simplefilter("ignore")
-            return args.run(args)
+            status: int = args.run(args)
+            return status
     except KvcoreError as exc:
         log.error("%s", exc)
         return 2

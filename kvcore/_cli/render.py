@@ -75,14 +75,22 @@ def _header(result: Inspection) -> str:
     plugins = ", ".join(result.plugin_labels.get(p, p) for p in result.plugins) or "none"
     rows = [["quant method", result.quant_method or "none (unquantized)"], ["plugins", plugins]]
     if facts.granularity is not None:
-        heads = f"num_kv_heads={facts.num_kv_heads}" if facts.num_kv_heads else "num_kv_heads unknown"
         rows += [["KV cache", f"calibrated for {facts.calibrated_for}; amax = scale x {facts.amax_factor:g}"],
-                 ["scales", f"{facts.granularity}; an engine builds the attention with {heads} (per rank: "
-                            "divided by the tensor-parallel size)"],
+                 ["scales", _granularity(facts)],
                  ["layers", _coverage(facts)],
                  ["measured", DESCRIBES.get(facts.describes, facts.describes) +
                   (", with a caveat (the warning below)" if facts.caveat else "")]]
     return render_table(["checkpoint", shown(result.checkpoint)], rows)
+
+
+def _granularity(facts: KvCacheFacts) -> str:
+    """Per-head scales fix the engine's KV-head count; per-tensor ones fit any."""
+    if facts.granularity == "per-tensor":
+        return "per-tensor: one value per layer, whatever the attention's num_kv_heads"
+    heads = facts.num_kv_heads
+    build = (f"num_kv_heads={heads} ({heads}/T on each of T tensor-parallel ranks; see --tp-size)" if heads
+             else "as many KV heads as the scales hold")
+    return f"{facts.granularity}: an engine builds the attention with {build}"
 
 
 def _coverage(facts: KvCacheFacts) -> str:
