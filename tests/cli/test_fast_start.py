@@ -18,6 +18,7 @@ import torch
 
 from kvcore._checkpoint.reader import read_checkpoint
 from kvcore._checkpoint.safetensors import read_tensor
+from kvcore.testing import write_checkpoint
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 COMMANDS = {
@@ -35,13 +36,30 @@ def _imported(args: list[str]) -> tuple[subprocess.CompletedProcess[str], set[st
     return done, modules
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_the_command_never_imports_torch(command: str) -> None:
-    done, modules = _imported(COMMANDS[command])
+def _no_torch(done: subprocess.CompletedProcess[str], modules: set[str]) -> None:
     assert done.returncode in (0, 1), done.stderr[-2000:]
     assert "kvcore._cli.main" in modules  # the probe sees the command's imports
     assert done.stdout.strip()
     assert not {m for m in modules if m == "torch" or m.startswith("torch.")}, sorted(modules)[:20]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_the_command_never_imports_torch(command: str) -> None:
+    _no_torch(*_imported(COMMANDS[command]))
+
+
+def test_per_head_scales_split_over_ranks_without_torch(tmp_path: Path) -> None:
+    heads = {f"model.layers.0.self_attn.{s}": torch.tensor([0.01, 0.02, 0.03, 0.04]).reshape(4, 1, 1)
+             for s in ("k_scale", "v_scale")}
+    config = {"architectures": ["LlamaForCausalLM"], "num_attention_heads": 8, "num_key_value_heads": 4,
+              "num_hidden_layers": 1}
+    scheme = {"num_bits": 8, "type": "float", "strategy": "attn_head", "dynamic": False, "symmetric": True}
+    write_checkpoint(tmp_path, heads, config=config,
+                     quantization_config={"quant_method": "compressed-tensors", "kv_cache_scheme": scheme})
+    done, modules = _imported(["inspect", str(tmp_path), "--tp-size", "2", "--json"])
+    _no_torch(done, modules)
+    assert json.loads(done.stdout)["tensor_parallel"]["ranks"] == [{"rank": 0, "heads": [0, 1]},
+                                                                   {"rank": 1, "heads": [2, 3]}]
 
 
 def test_inspect_without_torch_says_what_it_says_with_it() -> None:

@@ -72,7 +72,7 @@ def _agree(checkpoint: Path, fixture: str, words: tuple[str, ...] = ()) -> tuple
     status, data, err = _inspect(checkpoint)
     if isinstance(refused, kvcore.CheckpointError):
         assert (status, data) == (2, None), (refused, status, data)
-        assert str(refused) in err
+        assert str(refused) in err and "corrupt" not in err  # a missing file is not a damaged one
         said = [err]
     elif refused is not None:
         assert status == 1, (refused, data)
