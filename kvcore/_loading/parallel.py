@@ -4,8 +4,9 @@ A parameter with an integer ``tp_dim`` attribute holds its rank's slice along th
 ``tensor.chunk(tp_size, tp_dim)[tp_rank]``, or, when the checkpoint dim is only ``f`` times the
 parameter's (``f`` dividing ``tp_size``: KV heads replicated over ranks),
 ``tensor.chunk(f, tp_dim)[tp_rank // (tp_size // f)]``. A ``tp_dim == 0`` slice is one byte
-range of the file, read directly; any other is narrowed from the file's memory map, which
-pages in only what the slice touches. Per-head KV-cache scales follow vLLM's head split.
+range of the file, read directly; any other is a byte range per row, read with ``O_DIRECT``
+(``odirect``: none of it enters the page cache) where the file system allows, else narrowed
+from the file's memory map. Per-head KV-cache scales follow vLLM's head split.
 """
 
 from __future__ import annotations

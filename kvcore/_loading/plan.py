@@ -194,8 +194,9 @@ def _copy(info: TensorInfo, target: Target, par: Parallel) -> Copy:
     if par.size > 1:
         info, part = rank_part(info, target, par, _where(info, target.name))
     if part is not None:
-        check_fits(info._replace(shape=tuple(target.tensor.shape)), target)
-        return Copy(info, target, None, False, None, part)
+        # direct: the slice's bytes may be read straight into the parameter (see shard.py)
+        direct = check_fits(info._replace(shape=tuple(target.tensor.shape)), target)
+        return Copy(info, target, None, direct, None, part)
     return _make_copy((info, target, target.loader, check_fits(info, target), None, None))
 
 

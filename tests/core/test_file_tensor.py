@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import kvcore
-from kvcore._loading import copy as _copy
+from kvcore._loading import shard as _shard
 from kvcore.testing import write_checkpoint
 
 Loader = Callable[[torch.Tensor, torch.Tensor], None]
@@ -34,7 +34,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         seen.append(sum(len(b) for b in buffers))
         return preadv(fd, buffers, offset)
 
-    monkeypatch.setattr(_copy.os, "preadv", counting)
+    monkeypatch.setattr(_shard.os, "preadv", counting)
     return seen
 
 

@@ -7,18 +7,17 @@ kvcore's copier reads, merged, must be exactly the union of this rank's slices.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from pathlib import Path
 
 import pytest
 import torch
+from pages_support import data_ranges
 from parallel_support import chunk, param, same_bits
 from torch import nn
 
 import kvcore
-from kvcore._loading import copy as _copy
+from kvcore._loading import shard as _shard
 from kvcore.testing import write_checkpoint
 
 Range = tuple[int, int]
@@ -34,7 +33,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[Range]:
         seen.append((offset, offset + sum(len(b) for b in buffers)))
         return preadv(fd, buffers, offset)
 
-    monkeypatch.setattr(_copy.os, "preadv", counting)
+    monkeypatch.setattr(_shard.os, "preadv", counting)
     return seen
 
 
@@ -45,16 +44,6 @@ def tensors() -> dict[str, torch.Tensor]:
         out[f"layer{i}.weight"] = torch.randn(64, 48, generator=gen).to(torch.bfloat16)
         out[f"layer{i}.bias"] = torch.randn(64, generator=gen).to(torch.bfloat16)
     return out
-
-
-def data_ranges(path: Path) -> dict[str, Range]:
-    """Each tensor's byte range in the safetensors file, from its header."""
-    with path.open("rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    base = 8 + length
-    return {name: (base + meta["data_offsets"][0], base + meta["data_offsets"][1])
-            for name, meta in header.items() if name != "__metadata__"}  # fmt: skip
 
 
 def merged(ranges: list[Range]) -> list[Range]:

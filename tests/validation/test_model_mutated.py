@@ -21,9 +21,9 @@ import torch
 from validation_support import FP8_CONFIG, changed, checkpoint_tensors, reference_model, snapshot
 
 import kvcore
-import kvcore._loading.copy
+import kvcore._loading.shard
 from kvcore._checkpoint.safetensors import TensorInfo
-from kvcore._loading.copy import _Pinned
+from kvcore._loading.pinned import Pinned
 from kvcore._loading.plan import Copy
 from kvcore._loading.targets import model_targets
 from kvcore.testing import write_checkpoint
@@ -67,13 +67,13 @@ def scenario_storage_swapped_after_the_read_was_queued(directory: str) -> dict[s
     ckpt = write_checkpoint(Path(directory) / "ckpt", checkpoint_tensors(model), quantization_config=FP8_CONFIG)
     victim = model.get_parameter(SECOND_SHARD_PARAM)
     mutated = threading.Event()
-    real_read = kvcore._loading.copy._Shard._read
+    real_read = kvcore._loading.shard.Shard._read
 
     def read_after_the_mutation(self: Any, *args: Any) -> int:
         mutated.wait(10)  # the queued reads run only once the loader below has shrunk the victim
         return real_read(self, *args)
 
-    kvcore._loading.copy._Shard._read = read_after_the_mutation  # type: ignore[method-assign]
+    kvcore._loading.shard.Shard._read = read_after_the_mutation  # type: ignore[method-assign]
 
     def shrink_then_copy(param: torch.Tensor, loaded: torch.Tensor) -> None:
         victim.data = torch.empty(1, dtype=victim.dtype)
@@ -128,7 +128,7 @@ def test_the_check_before_each_read_sees_every_kind_of_change(change: str) -> No
     model = reference_model()
     name = "model.layers.0.mlp.up_proj.weight"
     param = model.get_parameter(name)
-    pinned = _Pinned.of([_pinned_copy(model, name)])
+    pinned = Pinned.of([_pinned_copy(model, name)])
     if change == "swap":
         param.data = torch.empty_like(param.data)
     elif change == "resize_storage":
@@ -145,7 +145,7 @@ def test_a_swapped_storage_stays_allocated_until_the_read_is_over() -> None:
     model = reference_model()
     name = "model.layers.0.mlp.up_proj.weight"
     param = model.get_parameter(name)
-    pinned = _Pinned.of([_pinned_copy(model, name)])
+    pinned = Pinned.of([_pinned_copy(model, name)])
     address = param.data_ptr()
     param.data = torch.empty(1, dtype=param.dtype)
     assert pinned.storages[0].data_ptr() == address  # still ours: a late write lands in it harmlessly
