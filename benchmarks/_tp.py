@@ -1,9 +1,12 @@
 """Tensor parallelism from a cold page cache: one rank's load, timed, and the file pages it brought in.
 
 ``python _tp.py MODE CHECKPOINT RANK SIZE ROUNDS`` prints ``{"times": [...], "resident": [...],
-"checkpoint_bytes": ...}``. Before each load the shards are dropped from the page cache
-(``posix_fadvise(DONTNEED)``); after it, the shards' resident pages are counted with
-``mincore``. Modes:
+"device": [...], "checkpoint_bytes": ...}``. Before each load the shards are dropped from the
+page cache (``posix_fadvise(DONTNEED)``); after it, the shards' resident pages are counted with
+``mincore``. ``device``: the bytes the load read from the storage device (``read_bytes`` of
+``/proc/self/io``; ``None`` where the kernel does not count them). The two differ: an ``O_DIRECT``
+read (kvcore's row-parallel slices) comes from the device without entering the page cache, and
+reads whole aligned blocks, other ranks' bytes included. Modes:
 
 - ``kvcore``: a rank's share of the model, ``tp_dim`` on sharded parameters, ``kvcore.load(...,
   tp_rank, tp_size)``;
@@ -107,23 +110,36 @@ def _resident(files: list[Path]) -> int:
     return total
 
 
+def _device_bytes() -> int | None:
+    """Bytes this process has read from storage so far (``None``: not accounted here)."""
+    try:
+        fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    except OSError:
+        return None
+    return int(fields["read_bytes"])
+
+
 def main(mode: str, ckpt: Path, rank: int, size: int, rounds: int) -> dict[str, object]:
     import kvcore
 
     torch.set_grad_enabled(False)
     files = shard_files(ckpt)
-    times, resident = [], []
+    times, resident, device = [], [], []
     for _ in range(rounds):
         model = tp_model(spec_of(ckpt), rank, size, mode == "narrow")
         _drop_cache(files)
+        before = _device_bytes()
         start = time.perf_counter()
         if mode == "narrow":
             _load_narrow(model, files)
         else:
             kvcore.load(model, ckpt, tp_rank=rank, tp_size=size)
         times.append(time.perf_counter() - start)
+        after = _device_bytes()
+        device.append(None if before is None or after is None else after - before)
         resident.append(_resident(files))
-    return {"times": times, "resident": resident, "checkpoint_bytes": sum(f.stat().st_size for f in files)}
+    return {"times": times, "resident": resident, "device": device,
+            "checkpoint_bytes": sum(f.stat().st_size for f in files)}
 
 
 if __name__ == "__main__":

@@ -150,9 +150,16 @@ def _tensor_parallel(rounds: int) -> dict[str, Result]:
             "time": median,
             "best": best,
             "resident": statistics.median(x for r in results for x in r["resident"]),  # type: ignore[attr-defined]
+            "device": _median_known([x for r in results for x in r.get("device", [])]),  # type: ignore[attr-defined]
             "checkpoint_bytes": results[0]["checkpoint_bytes"],
         }
     return summary
+
+
+def _median_known(values: list[float | None]) -> float | None:
+    """The median of the values measured (``None`` where none was)."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def main() -> None:
