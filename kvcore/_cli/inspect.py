@@ -127,7 +127,9 @@ def inspect_checkpoint(path: str | Path, *, tp_size: int | None = None) -> Inspe
         elif attr in KV_BIAS_NAMES:
             findings.group("warning", f"{attr} present", name, _BIAS_NOTE)
         elif target == name and is_scale_like(name) and mapped != "refused":
-            findings.group("warning", f"unmapped {layer_pattern(name)}", name, _UNMAPPED_NOTES[mapped])
+            # Mapped: a strict load refuses it as unexpected. Unhandled: the error above says why.
+            level = "error" if mapped == "mapped" else "warning"
+            findings.group(level, f"no rule maps {layer_pattern(name)}", name, _UNMAPPED_NOTES[mapped])
     ordered = {layer: _ordered(layers[layer]) for layer in sorted(layers, key=natural_key)}
     quantized = ckpt.quant_config is not None
     check_layers(quantized if mapped == "mapped" else None, ordered, findings)
@@ -149,9 +151,10 @@ _BIAS_NOTE = (
     "unless the model has a parameter of that name"
 )
 _UNMAPPED_NOTES = {
-    "mapped": "looks like a scale but no rule of the installed plugins maps it onto an attention module, so "
-    "a load would not use it (strict=True refuses it as unexpected unless the model has a parameter of that "
-    "name). Check that the plugin for this format knows these names",
+    "mapped": "looks like a scale but no rule of the installed plugins maps it onto an attention module, and "
+    "a model built from config.json has no parameter of that name: kvcore.load refuses it as an unexpected "
+    "tensor (strict=False ignores it, and the scale with it). Check that the plugin for this format knows "
+    "these names",
     "unhandled": "looks like a scale but no installed plugin's rule maps it onto an attention module, so a "
     "load would not use it (strict=True refuses it). Install or enable the plugin for this format",
 }

@@ -51,7 +51,10 @@ class Findings:
             self.reasons.append(short or message)
 
     def group(self, level: str, kind: str, name: str, note: str) -> None:
-        """Note ``name``; every name of one ``(level, kind)`` ends up in one message."""
+        """Note ``name``; every name of one ``(level, kind)`` ends up in one message (an error's
+        verdict words: ``kind`` and the first name)."""
+        if level == "error" and (level, kind) not in self._groups:
+            self.reasons.append(f"{kind} ({shown(name)})")
         self._groups.setdefault((level, kind), ([], note))[0].append(name)
 
     def anomalies(self, factory: Callable[[str, str], A]) -> list[A]:

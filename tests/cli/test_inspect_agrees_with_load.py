@@ -166,6 +166,12 @@ def test_a_config_the_installed_plugin_refuses_is_an_error_and_nothing_else(tmp_
     assert "refuses the 'modelopt' quantization config" in data["verdict"]["reason"]  # type: ignore[index]
 
 
+def test_a_scale_no_rule_maps_is_refused_by_both(tmp_path: Path) -> None:
+    tensor = f"{P0}.k_proj.output_scale"  # Quark's name in an AutoFP8 checkpoint
+    fixture = "real/autofp8/head_k_v_scale"
+    assert _agree(_variant(tmp_path, fixture, _set(tensor, torch.tensor(0.02))), fixture, (tensor,))[0] == 1
+
+
 def _sharded(tmp_path: Path, fixture: str) -> Path:
     source = FIXTURES / fixture
     directory = tmp_path / "sharded"

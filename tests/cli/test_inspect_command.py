@@ -157,18 +157,20 @@ def test_k_without_v_is_a_warning_naming_the_layer(run_script, cli: SimpleNamesp
     assert not [w for w in warnings if "model.layers.0" in w]
 
 
-def test_scale_like_tensors_no_rule_maps_are_warned_about(run_script, cli: SimpleNamespace,
-                                                         checkpoint: Callable) -> None:
-    # AutoFP8's plugin has no rule for Quark's output_scale names
+def test_scale_like_tensors_no_rule_maps_are_an_error(run_script, cli: SimpleNamespace,
+                                                     checkpoint: Callable) -> None:
+    # AutoFP8's plugin has no rule for Quark's output_scale names: a strict load refuses the tensor
     tensors = {**cli.kv_layers({"k_scale": 0.02, "v_scale": 0.03}),
                "model.layers.0.self_attn.k_proj.output_scale": torch.tensor(0.02),
                "model.layers.0.self_attn.k_proj.weight_scale": torch.tensor(0.01)}
     result = run_script("inspect", checkpoint(tensors, quantization_config=cli.AUTOFP8), "--json")
-    assert result.returncode == 0
-    warnings = _levels(cli.as_json(result), "warning")
-    assert len(warnings) == 1
-    assert "model.layers.0.self_attn.k_proj.output_scale" in warnings[0]
-    assert "weight_scale" not in warnings[0]
+    assert result.returncode == 1
+    data = cli.as_json(result)
+    errors = _levels(data, "error")
+    assert len(errors) == 1 and _levels(data, "warning") == []
+    assert "model.layers.0.self_attn.k_proj.output_scale" in errors[0] and "unexpected" in errors[0]
+    assert "weight_scale" not in errors[0]
+    assert "model.layers.0.self_attn.k_proj.output_scale" in data["verdict"]["reason"]
 
 
 def test_a_method_no_plugin_handles_is_an_error(run_script, cli: SimpleNamespace) -> None:
