@@ -16,7 +16,15 @@ from kvcore._checkpoint.decode import as_float32, decode
 from kvcore._checkpoint.reader import Checkpoint, read_checkpoint
 from kvcore._checkpoint.safetensors import TensorInfo, read_bytes
 from kvcore._cli.inspect_checks import Findings, check_layers, check_value, is_scale_like, layer_pattern
-from kvcore._cli.inspect_facts import KvCacheFacts, ScaleSummary, Verdict, kv_cache_facts, summarise, verdict
+from kvcore._cli.inspect_facts import (
+    KvCacheFacts,
+    ScaleSummary,
+    Verdict,
+    amax_factor,
+    kv_cache_facts,
+    summarise,
+    verdict,
+)
 from kvcore._cli.inspect_tp import TensorParallel, split_heads
 from kvcore._cli.table import spans
 from kvcore._errors import KvcoreError
@@ -107,11 +115,11 @@ def inspect_checkpoint(path: str | Path, *, tp_size: int | None = None) -> Inspe
     ckpt = read_checkpoint(path)
     findings = Findings()
     contributions, mapper, mapped = _mappers(ckpt, findings)
-    meaning = meaning_of(contributions) if mapped else ScaleMeaning()
+    meaning = meaning_of(contributions)
     heads = _kv_heads(ckpt.config)
     layers: dict[str, dict[str, ScaleEntry]] = {}
     claimed: dict[str, str] = {}
-    factor = kv_cache_facts({}, {}, meaning).amax_factor
+    factor = amax_factor(meaning)
     for name in sorted(ckpt.tensors, key=natural_key):
         info = ckpt.tensors[name]
         target = mapper.map_name(name)
@@ -124,12 +132,11 @@ def inspect_checkpoint(path: str | Path, *, tp_size: int | None = None) -> Inspe
                 layers.setdefault(parent, {})[attr] = entry
         elif attr in ZERO_POINT_NAMES:
             _offset(info, findings)
-        elif attr in KV_BIAS_NAMES:
-            findings.group("warning", f"{attr} present", name, _BIAS_NOTE)
-        elif target == name and is_scale_like(name) and mapped != "refused":
+        elif (attr in KV_BIAS_NAMES or is_scale_like(name)) and target == name and mapped != "refused":
             # Mapped: a strict load refuses it as unexpected. Unhandled: the error above says why.
             level = "error" if mapped == "mapped" else "warning"
-            findings.group(level, f"no rule maps {layer_pattern(name)}", name, _UNMAPPED_NOTES[mapped])
+            what = "an affine KV cache's offset (ModelOpt's k_bias / v_bias)" if attr in KV_BIAS_NAMES else "a scale"
+            findings.group(level, f"no rule maps {layer_pattern(name)}", name, _UNMAPPED_NOTES[mapped].format(what))
     ordered = {layer: _ordered(layers[layer]) for layer in sorted(layers, key=natural_key)}
     quantized = ckpt.quant_config is not None
     check_layers(quantized if mapped == "mapped" else None, ordered, findings)
@@ -146,16 +153,12 @@ def inspect_checkpoint(path: str | Path, *, tp_size: int | None = None) -> Inspe
                       summarise(ordered, facts.amax_factor), parallel)
 
 
-_BIAS_NOTE = (
-    "the KV cache is affine (ModelOpt): a bias changes the arithmetic, and kvcore.load refuses it "
-    "unless the model has a parameter of that name"
-)
 _UNMAPPED_NOTES = {
-    "mapped": "looks like a scale but no rule of the installed plugins maps it onto an attention module, and "
+    "mapped": "looks like {}, but no rule of the installed plugins maps it onto an attention module, and "
     "a model built from config.json has no parameter of that name: kvcore.load refuses it as an unexpected "
     "tensor (strict=False ignores it, and the scale with it). Check that the plugin for this format knows "
     "these names",
-    "unhandled": "looks like a scale but no installed plugin's rule maps it onto an attention module, so a "
+    "unhandled": "looks like {}, but no installed plugin's rule maps it onto an attention module, so a "
     "load would not use it (strict=True refuses it). Install or enable the plugin for this format",
 }
 

@@ -17,7 +17,7 @@ from kvcore._cli.table import spans
 from kvcore._meaning import ScaleMeaning
 from kvcore._names import SCALE_NAMES
 
-__all__ = ["AMAX_FACTOR", "KvCacheFacts", "ScaleSummary", "Verdict", "kv_cache_facts", "layer_number",
+__all__ = ["AMAX_FACTOR", "KvCacheFacts", "amax_factor", "ScaleSummary", "Verdict", "kv_cache_facts", "layer_number",
            "summarise", "verdict"]
 
 AMAX_FACTOR = {"fp8_e5m2": 57344.0}
@@ -96,6 +96,11 @@ def layer_number(module: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def amax_factor(meaning: ScaleMeaning) -> float:
+    """amax = scale x this, for the KV dtype the plugins say the scales were calibrated for."""
+    return AMAX_FACTOR.get(meaning.calibrated_for, E4M3_MAX)
+
+
 def kv_cache_facts(
     layers: Mapping[str, Mapping[str, Scale]], config: Mapping[str, object], meaning: ScaleMeaning
 ) -> KvCacheFacts:
@@ -109,8 +114,7 @@ def kv_cache_facts(
     covered = sorted({n for m, s in layers.items() if {"k_scale", "v_scale"} & s.keys()
                       for n in [layer_number(m)] if n is not None})
     missing = [n for n in range(total or 0) if n not in covered] if covered else []
-    factor = AMAX_FACTOR.get(meaning.calibrated_for, E4M3_MAX)
-    return KvCacheFacts(meaning.calibrated_for if layers else None, factor, granularity,
+    return KvCacheFacts(meaning.calibrated_for if layers else None, amax_factor(meaning), granularity,
                         heads or (per_head[0] if per_head else None), meaning.describes, meaning.caveat,
                         total, covered, missing)
 

@@ -172,6 +172,14 @@ def test_a_scale_no_rule_maps_is_refused_by_both(tmp_path: Path) -> None:
     assert _agree(_variant(tmp_path, fixture, _set(tensor, torch.tensor(0.02))), fixture, (tensor,))[0] == 1
 
 
+@pytest.mark.parametrize("value", [0.0, 0.25])
+def test_a_bias_no_rule_maps_is_refused_by_both(tmp_path: Path, value: float) -> None:
+    tensor = f"{P1}.k_proj.k_bias"  # ModelOpt's name in a compressed-tensors checkpoint: nothing maps it
+    status, data = _agree(_variant(tmp_path, LLMC, _set(tensor, torch.full((1,), value))), LLMC, (tensor,))
+    assert status == 1 and data is not None
+    assert any("affine KV cache's offset" in e for e in _errors(data))
+
+
 def _sharded(tmp_path: Path, fixture: str) -> Path:
     source = FIXTURES / fixture
     directory = tmp_path / "sharded"
