@@ -15,7 +15,7 @@ its own. Either way the device reads more than the rank's bytes; the page cache 
 ``O_DIRECT`` needs file offsets, lengths and memory aligned to the file system's direct-I/O
 alignment: ``statx``'s ``STATX_DIOALIGN`` (Linux 6.1+), else the file system's block size. A
 file system that refuses ``O_DIRECT`` (reported by ``statx``, or ``EINVAL`` at open or at a
-first read: tmpfs before Linux 6.6, some FUSE and network file systems) gets ``None`` from
+first read: tmpfs on older kernels, some FUSE and network file systems) gets ``None`` from
 :meth:`DirectFile.open`, and the copier narrows the mapped file instead.
 """
 
