@@ -29,7 +29,7 @@ class KVCacheScaleParameter(torch.nn.Parameter):
             data = torch.tensor(NOT_LOADED, dtype=torch.float32)
         return super().__new__(cls, data, requires_grad=False)
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # type: ignore[override]  # the value alone, without torch's tensor_contents
         return f"KVCacheScaleParameter({self.data.tolist()!r})"
 
     @staticmethod

@@ -67,7 +67,7 @@ def _read_into(dst: Any, src: Any) -> bool:
     ):
         return False
     reader, offset = source
-    return reader(dst.data_ptr(), offset, dst.nbytes)
+    return bool(reader(dst.data_ptr(), offset, dst.nbytes))
 
 
 def _rows(src: FileTensor, dim: int, start: int, length: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ from kvcore._loading.finalise import finalise_all, loaded_scales
 from kvcore._loading.naming import (
     ADD_ATTENTION,
     ATTENTION_LEAVES,
+    AnyShard,
     Naming,
     accepts_shard,
     call_loader,
@@ -20,7 +21,7 @@ from kvcore._loading.naming import (
 )
 from kvcore._loading.plan import SKIP_SUBSTRS
 from kvcore._loading.targets import attention_modules, model_targets
-from kvcore._mapper import ShardId, WeightsMapper
+from kvcore._mapper import WeightsMapper
 from kvcore._meaning import ScaleMeaning
 from kvcore._names import KV_BIAS_NAMES, ZERO_POINT_NAMES
 from kvcore._scale_param import KVCacheScaleParameter, load_scale
@@ -36,7 +37,7 @@ class _Item(NamedTuple):
     """A weight on its way down the module tree: tensor, shard id, name before packing, name as given."""
 
     tensor: torch.Tensor
-    shard: ShardId | None
+    shard: AnyShard | None
     unpacked: str
     source: str
 

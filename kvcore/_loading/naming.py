@@ -28,6 +28,7 @@ from kvcore._mapper import ShardId, WeightsMapper
 from kvcore._names import SCALE_NAMES, ZERO_POINT_NAMES
 
 __all__ = [
+    "AnyShard",
     "ADD_ATTENTION",
     "ATTENTION_LEAVES",
     "LoaderFailed",
@@ -50,7 +51,9 @@ ADD_ATTENTION = (
 )
 """The fix for KV-cache scales in a model that has no ``kvcore.Attention`` to hold them."""
 
-Resolved = tuple[str | None, ShardId | None]
+AnyShard = ShardId | ExpertShard
+"""A packed component's shard id, or a fused expert parameter's (shard, expert)."""
+Resolved = tuple[str | None, AnyShard | None]
 
 
 class Packing:
@@ -163,11 +166,11 @@ class Naming:
             )
         return f"{found[0]}.{leaf}" if found else None
 
-    def expected_shards(self, parameter: str, got: set[ShardId]) -> set[ShardId]:
+    def expected_shards(self, parameter: str, got: set[AnyShard]) -> set[AnyShard]:
         """Every shard a packed ``parameter`` needs, given the ones the checkpoint has (``got``)."""
         experts = {shard for shard in got if isinstance(shard, ExpertShard)}
         if experts:
-            return self.experts.expected(parameter, experts)  # type: ignore[return-value]
+            return set(self.experts.expected(parameter, experts))
         return set(self.packing.shards_of(parameter))
 
     def _attention_below(self) -> dict[str, list[str]]:
@@ -197,7 +200,7 @@ def shard_loader_error(parameter: str, tensor: str, shard: Any) -> WeightLoadErr
     )
 
 
-def accepts_shard(loader: Callable[..., object] | None, shard: ShardId) -> bool:
+def accepts_shard(loader: Callable[..., object] | None, shard: AnyShard) -> bool:
     """Whether ``loader`` can be called as ``loader(param, loaded_weight, shard_id[, expert_id])``."""
     if loader is None:
         return False
@@ -210,7 +213,7 @@ def accepts_shard(loader: Callable[..., object] | None, shard: ShardId) -> bool:
     return True
 
 
-def loader_args(shard: ShardId) -> tuple[object, ...]:
+def loader_args(shard: AnyShard) -> tuple[object, ...]:
     """What a packed parameter's loader receives after ``(param, tensor)``."""
     return tuple(shard) if isinstance(shard, ExpertShard) else (shard,)
 
@@ -220,7 +223,7 @@ class LoaderFailed(WeightLoadError):
 
 
 def call_loader(
-    loader: Callable[..., object], param: torch.Tensor, tensor: torch.Tensor, shard: ShardId | None, where: str
+    loader: Callable[..., object], param: torch.Tensor, tensor: torch.Tensor, shard: AnyShard | None, where: str
 ) -> None:
     """``loader(param, tensor[, shard id[, expert id]])``; what it raises becomes a ``LoaderFailed``.
 

@@ -50,11 +50,11 @@ _STATX_MASK, _STATX_MEM_ALIGN, _STATX_OFFSET_ALIGN = 0, 152, 156  # offsets in s
 
 
 class Rows(NamedTuple):
-    """Where a part's bytes are: ``count`` rows ``stride`` bytes apart from file offset ``start``,
+    """Where a part's bytes are: ``rows`` rows ``stride`` bytes apart from file offset ``start``,
     of which the part holds ``length`` bytes at ``skip`` in each row."""
 
     start: int
-    count: int
+    rows: int
     stride: int
     skip: int
     length: int
@@ -88,8 +88,8 @@ def pieces(rows: Rows, align: int) -> list[Piece]:
     per_read = max(1, CHUNK_BYTES // rows.stride) if rows.stride - rows.length < REQUEST_BYTES else 1
     width = min(rows.length, CHUNK_BYTES)  # a row part longer than a chunk is read in column pieces
     out = []
-    for row in range(0, rows.count, per_read):
-        count = min(per_read, rows.count - row)
+    for row in range(0, rows.rows, per_read):
+        count = min(per_read, rows.rows - row)
         for col in range(0, rows.length, width):
             cols = min(width, rows.length - col)
             begin = rows.start + row * rows.stride + rows.skip + col
@@ -137,7 +137,7 @@ class DirectFile:
         os.close(self.fd)
 
     def read(self, piece: Piece, rows: Rows, dest: torch.Tensor) -> None:
-        """Read ``piece`` and copy its row parts into ``dest`` (the parameter as ``rows.count``
+        """Read ``piece`` and copy its row parts into ``dest`` (the parameter as ``rows.rows``
         rows of ``rows.length`` bytes). Safe on any thread: each has its own bounce buffer."""
         buffer = self._bounce(piece.size)
         got = 0

@@ -14,10 +14,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -76,7 +78,7 @@ class Shard:
         self.first = first
         self.threads = threads
         self.sliced = sliced
-        self._file = None
+        self._file: BinaryIO | None = None
         self._base: torch.Tensor | None = None
         self._direct: DirectFile | bool | None = False  # False: not opened yet; None: refused
 
@@ -155,7 +157,7 @@ class Shard:
         if (tensor.dtype, tuple(tensor.shape)) != planned or not tensor.is_contiguous() or not tensor.is_cpu:
             raise changed_error(copy.target.name, [f"planned: {planned[1]} of {planned[0]}"])
         with torch.no_grad():  # grad mode is per thread
-            direct.read(piece, rows, tensor.detach().view(torch.uint8).view(rows.count, rows.length))
+            direct.read(piece, rows, tensor.detach().view(torch.uint8).view(rows.rows, rows.length))
 
     def copy_mapped(self, copy: Copy) -> None:
         """Copy through a torch view of the mapped file (conversions, loaders, other devices).
@@ -191,11 +193,13 @@ class Shard:
             read.result()
         return True
 
-    def _read(self, buffers: list[object], offset: int, expected: int, pinned: Pinned | None = None) -> int:
+    def _read(
+        self, buffers: list[ctypes.Array[ctypes.c_char]], offset: int, expected: int, pinned: Pinned | None = None
+    ) -> int:
         assert self._file is not None
         if pinned is not None:
             pinned.check()  # right before the write: the targets must still be the planned memory
-        got = os.preadv(self._file.fileno(), buffers, offset)  # type: ignore[arg-type]
+        got = os.preadv(self._file.fileno(), buffers, offset)
         if got != expected:
             raise CheckpointError(
                 f"{self.path} ended {expected - got} bytes early at byte {offset + got}: the file "

@@ -154,8 +154,8 @@ def check_plugin(
             problems += [p for variant in _mutations(config) for p in _only_kvcore_errors(pm, variant)]
         for config in foreign:
             _mapper(pm, config, problems, expect_none=True)
-        for config in bad_configs:
-            problems += _only_kvcore_errors(pm, QuantConfig.coerce(config), must_raise=True)
+        for bad in bad_configs:
+            problems += _only_kvcore_errors(pm, QuantConfig.coerce(bad), must_raise=True)
     problems += _private_imports(plugin)
     if problems:
         raise AssertionError(

@@ -102,10 +102,11 @@ def _check_replacements(mapper: WeightsMapper, label: str, plugin: str) -> None:
         if target is None:
             continue
         try:
-            pattern.sub(target, "")
+            compiled = re.compile(pattern)  # the mapper compiled it already: this returns it as is
+            compiled.sub(target, "")
         except (re.error, IndexError) as exc:
             raise PluginError(
-                f"plugin {label} returned a mapper whose regex rule {pattern.pattern!r} -> {target!r} has an "
+                f"plugin {label} returned a mapper whose regex rule {compiled.pattern!r} -> {target!r} has an "
                 f"invalid replacement ({exc}). Report this to the plugin's authors, or disable it with "
                 f"KVCORE_DISABLE_PLUGINS={plugin}"
             ) from None
