@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -191,8 +192,8 @@ def _tails_of(patterns: tuple[Pattern, ...]) -> tuple[str, ...] | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class _FastRules:
-    """A mapper's rules as tuples, with the one-call pre-checks ``map_name`` starts with."""
+class _QuickRules:
+    """A mapper's rules as tuples, with the one-call pre-checks ``_quick_map_unpacked`` starts with."""
 
     regex: tuple[tuple[Pattern, Target], ...]
     regex_any: Pattern | None
@@ -205,7 +206,7 @@ class _FastRules:
     stacked: tuple[tuple[str, Packed | Target], ...]
 
     @classmethod
-    def of(cls, mapper: WeightsMapper) -> _FastRules:
+    def of(cls, mapper: WeightsMapper) -> _QuickRules:
         regex = tuple(mapper.orig_to_new_regex.items())
         prefix = tuple(mapper.orig_to_new_prefix.items())
         suffix = tuple(mapper.orig_to_new_suffix.items())
@@ -247,9 +248,15 @@ class WeightsMapper:
             check = _CHECKS.get(f.name, _check_target)
             rules = _Rules(getattr(self, f.name), _NORMALIZERS.get(f.name, _identity), check)
             object.__setattr__(self, f.name, rules)
-        # map_name runs once per checkpoint tensor (10^5 on big MoE checkpoints): precompute
-        # plain tuples, and a single test per kind that rejects names no rule of it touches.
-        object.__setattr__(self, "_fast", _FastRules.of(self))
+
+    @functools.cached_property
+    def _quick(self) -> _QuickRules:
+        """The rules as plain tuples, and per kind one test that rejects names no rule of it touches.
+
+        map_name runs once per checkpoint tensor (10^5 on big MoE checkpoints). Built on first
+        use and kept in the instance's ``__dict__`` (a cached_property writes there, frozen or not).
+        """
+        return _QuickRules.of(self)
 
     @property
     def scale_meaning(self) -> ScaleMeaning | None:
@@ -296,7 +303,7 @@ class WeightsMapper:
         """``(map_name(name), shard id)``: the shard id is ``None`` unless a stacked rule packed it."""
         key = self._map_unpacked(name)
         if key is not None:
-            for substr, target in self.__dict__["_fast"].stacked:
+            for substr, target in self._quick.stacked:
                 if substr in key:
                     if target is None:
                         return None, None
@@ -305,9 +312,9 @@ class WeightsMapper:
                     return key.replace(substr, target[0], 1), target[1]
         return key, None
 
-    def _map_unpacked(self, name: str) -> str | None:
-        """``name`` rewritten by every rule but the stacked ones (the name before packing)."""
-        fast: _FastRules = self.__dict__["_fast"]  # set in __post_init__, not a dataclass field
+    def _quick_map_unpacked(self, name: str) -> str | None:
+        """``_careful_map_unpacked(name)``, skipping with one test each kind no rule of which applies."""
+        fast = self._quick
         key = name
         if (
             fast.regex
@@ -336,6 +343,38 @@ class WeightsMapper:
                     if target is None:
                         return None
                     key = target.join(key.rsplit(suffix, 1))
+        return key
+
+    _map_unpacked = _quick_map_unpacked
+    """``name`` rewritten by every rule but the stacked ones (the name before packing).
+
+    What ``map_packed`` and the loader call, and what a subclass overrides.
+    """
+
+    def _careful_map_unpacked(self, name: str) -> str | None:
+        """vLLM's loop, the reference ``_quick_map_unpacked`` agrees with: every rule tried in turn."""
+        key = name
+        for rule, target in self.orig_to_new_regex.items():
+            pattern = _compile(rule)  # stored compiled already: typing only
+            if pattern.search(key):
+                if target is None:
+                    return None
+                key = pattern.sub(target, key)
+        for substr, target in self.orig_to_new_substr.items():
+            if substr in key:
+                if target is None:
+                    return None
+                key = key.replace(substr, target, 1)
+        for prefix, target in self.orig_to_new_prefix.items():
+            if key.startswith(prefix):
+                if target is None:
+                    return None
+                key = key.replace(prefix, target, 1)
+        for suffix, target in self.orig_to_new_suffix.items():
+            if key.endswith(suffix):
+                if target is None:
+                    return None
+                key = target.join(key.rsplit(suffix, 1))
         return key
 
     def apply(self, weights: Iterable[tuple[str, V]]) -> Iterator[tuple[str, V]]:

@@ -109,7 +109,7 @@ class TensorInfo(NamedTuple):
 
     ``stamp`` is the shard's :class:`FileStamp` when the header was read (``None`` for
     infos made by hand, which are then not checked for changes). A tuple, not a
-    dataclass: a checkpoint holds up to 10^5 of them, built in bulk (see ``_entries_in_bulk``).
+    dataclass: a checkpoint holds up to 10^5 of them, built in bulk (see ``_quick_infos``).
     """
 
     name: str
@@ -168,7 +168,7 @@ def read_header(path: Path) -> ShardHeader:
     data_start = 8 + length
     # Anything unusual, bad or merely odd, goes the careful way, which words the errors.
     quick = _quick_entries(path, raw, data_start, stamp)
-    tensors, metadata = quick or _entries(path, _parse_json(path, raw), data_start, stamp)
+    tensors, metadata = quick or _careful_entries(path, _parse_json(path, raw), data_start, stamp)
     _check_layout(path, tensors, size)
     return ShardHeader(path, size, data_start, tensors, metadata, stamp)
 
@@ -205,7 +205,7 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _quick_entries(
     path: Path, raw: bytes, data_start: int, stamp: FileStamp
 ) -> tuple[tuple[TensorInfo, ...], dict[str, str]] | None:
-    """The usual header, parsed and checked with C loops only; ``None`` for anything else.
+    """``_careful_entries``'s result for the usual header, with C loops only; ``None`` for anything else.
 
     The parse has no ``unique_keys`` hook (a Python call per JSON object); duplicate keys
     are ruled out by counting instead. Every key of a JSON document is followed by one
@@ -222,7 +222,7 @@ def _quick_entries(
     if type(header) is not dict:
         return None
     pairs = len(header)
-    metadata = header.pop("__metadata__", None) or {}  # as in _entries: a falsy one is none
+    metadata = header.pop("__metadata__", None) or {}  # as in _careful_entries: a falsy one is none
     if type(metadata) is not dict or set(map(type, metadata.values())) - {str}:
         return None
     specs = list(header.values())
@@ -230,42 +230,43 @@ def _quick_entries(
         return None
     if raw.count(b":") != pairs + len(metadata) + 3 * len(specs):
         return None
-    infos = _entries_in_bulk(path, list(header), specs, data_start, stamp)
+    infos = _quick_infos(path, list(header), specs, data_start, stamp)
     if infos is None:
         return None
     infos.sort(key=_START)
     return tuple(infos), metadata
 
 
-def _entries(
+def _careful_entries(
     path: Path, header: dict[str, Any], data_start: int, stamp: FileStamp
 ) -> tuple[tuple[TensorInfo, ...], dict[str, str]]:
+    """The tensors and metadata of a parsed ``header`` (duplicate keys already refused); raises
+    ``CheckpointError`` saying what is wrong with the first bad part."""
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise _bad(path, "its __metadata__ is not an object")
     if len(header) > MAX_TENSORS:
         raise _bad(path, f"its header holds {len(header)} tensor entries, more than kvcore's cap of {MAX_TENSORS}")
-    infos = _entries_in_bulk(path, list(header), list(header.values()), data_start, stamp)
+    names, specs = list(header), list(header.values())
+    infos = _quick_infos(path, names, specs, data_start, stamp)
     if infos is None:  # some entry is bad: find the first one and say what is wrong with it
-        infos = [_entry(path, name, spec, data_start, stamp) for name, spec in header.items()]
+        infos = _careful_infos(path, names, specs, data_start, stamp)
     infos.sort(key=_START)
     return tuple(infos), {str(k): str(v) for k, v in metadata.items()}
 
 
 _START = operator.itemgetter(4)  # TensorInfo.start
 _END = operator.itemgetter(5)  # TensorInfo.end
-_make_info = functools.partial(tuple.__new__, TensorInfo)
-"""``TensorInfo`` from a tuple of its fields, without a Python-level call."""
 
 
-def _entries_in_bulk(
+def _quick_infos(
     path: Path, names: list[str], specs: list[Any], data_start: int, stamp: FileStamp
 ) -> list[TensorInfo] | None:
-    """Validate every entry with whole-column checks (C loops); ``None`` if any entry is bad.
+    """``_careful_infos``'s result with whole-column checks (C loops); ``None`` if any entry is bad.
 
     This runs for every tensor of every shard (10^5 on big MoE checkpoints), so instead of a
     function call and a dozen checks per entry it checks each column (dtypes, shapes,
-    offsets) at once. It only decides good or bad: ``_entry`` words the error. JSON gives
+    offsets) at once. It only decides good or bad: ``_careful_infos`` words the error. JSON gives
     exact types, so ``type(...)`` sets are exact checks (``bool`` is not ``int`` here).
     """
     if set(map(type, specs)) - {dict} or len(specs) > MAX_TENSORS or max(map(len, names), default=0) > MAX_NAME_LENGTH:
@@ -286,16 +287,26 @@ def _entries_in_bulk(
     needed = list(map(operator.mul, numels, map(ITEMSIZES.__getitem__, dtypes)))
     if list(map(operator.sub, ends, begins)) != needed:  # also rules out end < begin
         return None
-    # A tensor with data is bounded by its file; an empty one's other dims by nothing.
+    # torch sizes are int64 (``_indexable``): for a tensor with data the product is its numel;
+    # an empty one's other dims are bounded by nothing else.
+    if max(numels, default=0) >= _MAX_ELEMENTS:
+        return None
     if 0 in numels and not all(map(_indexable, compress(shapes, map(operator.not_, numels)))):
         return None
     starts = map(data_start.__add__, begins)
     stops = map(data_start.__add__, ends)
     fields = zip(names, repeat(path), dtypes, map(tuple, shapes), starts, stops, repeat(stamp))
-    return list(map(_make_info, fields))
+    return list(map(TensorInfo._make, fields))
 
 
-def _entry(path: Path, name: str, spec: Any, data_start: int, stamp: FileStamp) -> TensorInfo:
+def _careful_infos(
+    path: Path, names: list[str], specs: list[Any], data_start: int, stamp: FileStamp
+) -> list[TensorInfo]:
+    """Every entry checked one by one, in header order; the first bad one raises ``CheckpointError``."""
+    return [_info(path, name, spec, data_start, stamp) for name, spec in zip(names, specs, strict=True)]
+
+
+def _info(path: Path, name: str, spec: Any, data_start: int, stamp: FileStamp) -> TensorInfo:
     if len(name) > MAX_NAME_LENGTH:
         raise _bad(
             path,
@@ -346,8 +357,12 @@ def _all_counts(values: list[Any]) -> bool:
 
 def _check_layout(path: Path, tensors: tuple[TensorInfo, ...], file_size: int) -> None:
     """Every tensor lies inside the file and no two share a byte (tensors are sorted by start)."""
-    if _layout_ok(tensors, file_size):
-        return
+    if not _quick_layout(tensors, file_size):
+        _careful_layout(path, tensors, file_size)
+
+
+def _careful_layout(path: Path, tensors: tuple[TensorInfo, ...], file_size: int) -> None:
+    """``_check_layout`` tensor by tensor: raises naming the first tensor out of the file or overlapping."""
     previous: TensorInfo | None = None
     for info in tensors:
         if info.end > file_size:
@@ -362,8 +377,8 @@ def _check_layout(path: Path, tensors: tuple[TensorInfo, ...], file_size: int) -
         previous = info
 
 
-def _layout_ok(tensors: tuple[TensorInfo, ...], file_size: int) -> bool:
-    """``_check_layout``'s test on whole columns (C loops), without naming the culprit."""
+def _quick_layout(tensors: tuple[TensorInfo, ...], file_size: int) -> bool:
+    """Whether ``_careful_layout`` passes, decided on whole columns (C loops), naming no culprit."""
     starts, ends = list(map(_START, tensors)), list(map(_END, tensors))
     if max(ends, default=0) > file_size:
         return False

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import operator
 from collections.abc import Callable, Iterable, Iterator
 from itertools import compress, groupby, repeat
@@ -151,8 +150,9 @@ def _careful_plan(
             with _collected(misfits):
                 copies.append(Copy(info, target, target.loader, check_fits(info, target), shard))
             continue
-        # The first tensor to claim a parameter is recorded; a second one is a conflict.
-        if claim(id(target.tensor), info.name) is not info.name:
+        # The first tensor to claim a parameter is recorded; a second one (checkpoint names are
+        # unique) is a conflict.
+        if claim(id(target.tensor), info.name) != info.name:
             _conflict(claimed, info, target)
         if target.is_kv_scale:
             plan.scales.setdefault(canonical[id(target.module)], {})[target.attr] = plan_scale(info, target, par)
@@ -188,6 +188,7 @@ def misfits_error(misfits: list[Misfit]) -> WeightLoadError:
     advice = dict.fromkeys(m.advice for m in misfits)  # each once, in order
     return WeightLoadError("\n".join(lines) + "\nNothing was written: " + "; ".join(advice) + ".")
 
+
 def _copy(info: TensorInfo, target: Target, par: Parallel) -> Copy:
     """The copy of ``info`` into ``target``: this rank's slice of it for a ``tp_dim`` parameter."""
     part = None
@@ -197,7 +198,7 @@ def _copy(info: TensorInfo, target: Target, par: Parallel) -> Copy:
         # direct: the slice's bytes may be read straight into the parameter (see shard.py)
         direct = check_fits(info._replace(shape=tuple(target.tensor.shape)), target)
         return Copy(info, target, None, direct, None, part)
-    return _make_copy((info, target, target.loader, check_fits(info, target), None, None))
+    return Copy(info, target, target.loader, check_fits(info, target))
 
 
 def _claim_shard(
@@ -258,14 +259,12 @@ def _quick_plan(
     except KvcoreError:
         return None
     loaders, unpacked, whole = map(_LOADER, resolved), repeat(None), repeat(None)
-    plan.copies = list(map(_make_copy, zip(infos, resolved, loaders, direct, unpacked, whole, strict=False)))
+    plan.copies = list(map(Copy._make, zip(infos, resolved, loaders, direct, unpacked, whole, strict=False)))
     return plan, claimed
 
 
 _NAME = operator.itemgetter(0)  # TensorInfo.name
 _TENSOR, _LOADER, _IS_KV_SCALE = (operator.attrgetter(f) for f in ("tensor", "loader", "is_kv_scale"))  # Target's
-_make_copy = functools.partial(tuple.__new__, Copy)
-"""``Copy`` from a tuple of its fields, without a Python-level ``__new__`` call."""
 _PATH = operator.attrgetter("info.path")
 _START = operator.attrgetter("info.start")
 
