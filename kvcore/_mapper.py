@@ -265,7 +265,7 @@ class WeightsMapper:
         Not a rule: it plays no part in equality, and ``|`` keeps the left side's (or else the
         right side's). ``AutoWeightsLoader`` reads it to finalise MLA attentions correctly.
         """
-        return self.__dict__.get("_scale_meaning")
+        return getattr(self, "_scale_meaning", None)  # set by with_scale_meaning, not a field
 
     def with_scale_meaning(self, meaning: ScaleMeaning | None) -> WeightsMapper:
         """This mapper, carrying ``meaning`` (see :attr:`scale_meaning`)."""
