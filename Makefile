@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 
 test: $(STAMP)
 	$(PY) -m ruff check kvcore plugins tests examples integrations
+	$(PY) -m mypy kvcore
 	$(PY) -m pytest -q
 
 $(VLLM_STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(VLLM_DISTS))
@@ -59,6 +60,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check kvcore plugins tests examples integrations
+	$(PY) -m mypy kvcore  # --strict, from pyproject's [tool.mypy]
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) build dist *.egg-info plugins/*/*.egg-info plugins/*/build \

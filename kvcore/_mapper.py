@@ -47,7 +47,7 @@ class _Rules(Mapping[Any, Target]):
         normalize: Callable[[Any], Any],
         check: Callable[[Any, Any], Any],
     ) -> None:
-        items: dict[Any, Any] = {}
+        items: dict[Any, Target] = {}
         for key, target in (rules or {}).items():
             items[normalize(key)] = check(key, target)
         self._items = items
@@ -207,7 +207,8 @@ class _QuickRules:
 
     @classmethod
     def of(cls, mapper: WeightsMapper) -> _QuickRules:
-        regex = tuple(mapper.orig_to_new_regex.items())
+        # Compiled already (the field normalizes its keys): re.compile returns each as it is.
+        regex = tuple((re.compile(pattern), target) for pattern, target in mapper.orig_to_new_regex.items())
         prefix = tuple(mapper.orig_to_new_prefix.items())
         suffix = tuple(mapper.orig_to_new_suffix.items())
         return cls(

@@ -197,8 +197,10 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
         seen: set[str] = set()
-        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise ValueError(f"key {twice!r} appears twice")
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"key {key!r} appears twice")
+            seen.add(key)
     return result
 
 
@@ -271,9 +273,10 @@ def _quick_infos(
     """
     if set(map(type, specs)) - {dict} or len(specs) > MAX_TENSORS or max(map(len, names), default=0) > MAX_NAME_LENGTH:
         return None
-    dtypes = list(map(dict.get, specs, repeat("dtype")))
-    shapes = list(map(dict.get, specs, repeat("shape")))
-    offsets = list(map(dict.get, specs, repeat("data_offsets")))
+    # JSON values, checked column by column below.
+    dtypes: list[Any] = list(map(dict.get, specs, repeat("dtype")))
+    shapes: list[Any] = list(map(dict.get, specs, repeat("shape")))
+    offsets: list[Any] = list(map(dict.get, specs, repeat("data_offsets")))
     if set(map(type, dtypes)) - {str} or set(dtypes) - ITEMSIZES.keys():
         return None
     if set(map(type, shapes)) - {list} or set(map(type, offsets)) - {list} or set(map(len, offsets)) - {2}:

@@ -118,17 +118,21 @@ def _runs(batch: list[Copy], sliced: bool = False) -> Iterable[list[Copy]]:
 
     ``sliced``: some copies may be slices (``part``), each read on its own.
     """
+    return _quick_runs(batch, sliced) or _careful_runs(batch)
+
+
+def _quick_runs(batch: list[Copy], sliced: bool) -> list[list[Copy]] | None:
+    """``_careful_runs``'s answer for the usual shard (small direct copies back to back), or ``None``."""
     starts, ends = list(map(_START, batch)), list(map(_END, batch))
-    # The usual shard of small tensors, back to back, all direct: IOV_MAX at a time.
     whole = not sliced or not any(map(_PART, batch))
     small = max(map(operator.sub, ends, starts)) < SPLIT_BYTES
     if whole and all(map(_DIRECT, batch)) and starts[1:] == ends[:-1] and small:
         return [batch[at : at + IOV_MAX] for at in range(0, len(batch), IOV_MAX)]
-    return _split(batch)
+    return None
 
 
-def _split(batch: list[Copy]) -> Iterator[list[Copy]]:
-    """``_runs`` for any batch, copy by copy."""
+def _careful_runs(batch: list[Copy]) -> Iterator[list[Copy]]:
+    """The steps for any batch, copy by copy."""
     run: list[Copy] = []
     for copy in batch:
         info = copy.info

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import operator
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import compress, groupby, repeat
 from typing import NamedTuple
 
@@ -17,13 +17,13 @@ import torch
 
 from kvcore._checkpoint.safetensors import DTYPES, TensorInfo
 from kvcore._errors import KvcoreError, MapperConflictError, WeightLoadError
-from kvcore._loading.naming import Naming, accepts_shard, shard_loader_error
+from kvcore._loading.naming import AnyShard, Naming, accepts_shard, shard_loader_error
 from kvcore._loading.parallel import SINGLE, Parallel, Part, rank_part
 from kvcore._loading.plan_scales import check_zero_point, plan_scale
 from kvcore._loading.plan_scales import where as _where
 from kvcore._loading.suggest import Suggester
 from kvcore._loading.targets import Target, attention_modules
-from kvcore._mapper import ShardId, WeightsMapper
+from kvcore._mapper import WeightsMapper
 from kvcore._names import ZERO_POINT_NAMES, ScaleValue
 
 __all__ = ["Copy", "Plan", "build_plan"]
@@ -53,7 +53,7 @@ class Copy(NamedTuple):
     target: Target
     loader: Callable[..., object] | None
     direct: bool = False
-    shard: ShardId | None = None
+    shard: AnyShard | None = None
     part: Part | None = None
 
 
@@ -67,7 +67,7 @@ class Plan:
     unexpected: list[str]
     missing: list[str]
     renamed: dict[str, str] = dataclasses.field(default_factory=dict)
-    absent_shards: dict[str, list[ShardId]] = dataclasses.field(default_factory=dict)
+    absent_shards: dict[str, list[AnyShard]] = dataclasses.field(default_factory=dict)
     """Packed parameters some of whose shards the checkpoint lacks: the shard ids absent."""
 
 
@@ -88,7 +88,7 @@ def build_plan(
     # A mapper without rules maps every name to itself: skip its call per tensor.
     mapped = map(naming.unpacked, map(_NAME, infos)) if _has_rules(mapper) else map(_NAME, infos)
     names: list[str | None] = list(mapped)
-    found = list(map(targets.get, names))
+    found = list(map(targets.get, names))  # type: ignore[arg-type]  # None is no key: get gives None
     shards = _resolve_unknown(naming, names, found) if None in found else []
     canonical = {id(module): name for name, module in attention_modules(targets).items()}
     quick = None if shards or par.size > 1 else _quick_plan(infos, found, names, canonical)
@@ -103,9 +103,9 @@ def build_plan(
     return plan
 
 
-def _resolve_unknown(naming: Naming, names: list[str | None], found: list[Target | None]) -> list[ShardId | None]:
+def _resolve_unknown(naming: Naming, names: list[str | None], found: list[Target | None]) -> list[AnyShard | None]:
     """Redirect and pack the names no model tensor has, in place; their shard ids (``[]``: none)."""
-    shards: list[ShardId | None] = [None] * len(names)
+    shards: list[AnyShard | None] = [None] * len(names)
     for i, name in enumerate(names):
         if found[i] is None and name is not None:
             names[i], shards[i] = naming.resolve_unknown(name)
@@ -124,7 +124,7 @@ def _careful_plan(
     infos: list[TensorInfo],
     found: list[Target | None],
     names: list[str | None],
-    shards: list[ShardId | None],
+    shards: list[AnyShard | None],
     naming: Naming,
     canonical: dict[int, str],
     par: Parallel = SINGLE,
@@ -135,7 +135,7 @@ def _careful_plan(
     """
     plan = Plan([], {}, [], [], [])
     claimed: dict[int, str] = {}
-    packed: dict[int, dict[ShardId, str]] = {}
+    packed: dict[int, dict[AnyShard, str]] = {}
     misfits: list[Misfit] = []  # every one is reported, not just the first
     claim, copies = claimed.setdefault, plan.copies
     for info, target, name, shard in zip(infos, found, names, shards, strict=True):
@@ -202,7 +202,7 @@ def _copy(info: TensorInfo, target: Target, par: Parallel) -> Copy:
 
 
 def _claim_shard(
-    claimed: dict[int, str], packed: dict[int, dict[ShardId, str]], info: TensorInfo, target: Target, shard: ShardId
+    claimed: dict[int, str], packed: dict[int, dict[AnyShard, str]], info: TensorInfo, target: Target, shard: AnyShard
 ) -> None:
     """Record ``info`` as shard ``shard`` of a packed parameter; refuse a loader without shard ids."""
     ident = id(target.tensor)
@@ -219,7 +219,7 @@ def _claim_shard(
 
 
 def _note_absent_shards(
-    plan: Plan, packed: dict[int, dict[ShardId, str]], found: list[Target | None], naming: Naming
+    plan: Plan, packed: dict[int, dict[AnyShard, str]], found: list[Target | None], naming: Naming
 ) -> None:
     """Packed parameters that got some shards but not all: ``plan.absent_shards``."""
     if not packed:
@@ -298,7 +298,7 @@ PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 _STRIDED = torch.strided
 
 
-def _unresolved(plan: Plan, info: TensorInfo, name: str, targets: dict[str, Target]) -> None:
+def _unresolved(plan: Plan, info: TensorInfo, name: str, targets: Mapping[str, Target]) -> None:
     module_name, _, attr = name.rpartition(".")
     owner = targets.get(f"{module_name}.k_scale" if module_name else "k_scale")
     if attr in ZERO_POINT_NAMES and owner is not None and owner.is_kv_scale:

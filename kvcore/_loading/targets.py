@@ -8,7 +8,7 @@ copying the weights. The attention modules are read off the resulting table.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
@@ -79,7 +79,7 @@ def _visit(targets: dict[str, Target], module_name: str, module: torch.nn.Module
             _visit(targets, prefix + child_name, child)
 
 
-def attention_modules(targets: dict[str, Target]) -> dict[str, torch.nn.Module]:
+def attention_modules(targets: Mapping[str, Target]) -> dict[str, torch.nn.Module]:
     """Modules that own a ``KVCacheScaleParameter`` named like a KV-cache scale, from ``targets``.
 
     Each module appears once, under its first name (as in ``named_modules()``): deriving

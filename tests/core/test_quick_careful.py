@@ -293,7 +293,7 @@ def test_quick_plan_is_the_careful_plan_or_declines(
         assert quick is not None, "the quick plan declined a usual checkpoint"
 
 
-# -- copying: copy._runs's shortcut / copy._split; direct reads / copies through the map --
+# -- copying: copy._quick_runs / copy._careful_runs; direct reads / copies through the map --
 
 
 @SETTINGS
@@ -312,7 +312,7 @@ def test_the_runs_shortcut_splits_like_the_copy_by_copy_split(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(copy_module, "IOV_MAX", iov_max)
         patch.setattr(copy_module, "SPLIT_BYTES", 32)
-        assert list(copy_module._runs(copies)) == list(copy_module._split(copies))
+        assert list(copy_module._runs(copies)) == list(copy_module._careful_runs(copies))
 
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int8, torch.float8_e4m3fn, torch.float64]
