@@ -404,3 +404,18 @@ def test_the_auto_loader_resolves_each_name_as_the_plan_does(kinds: list[str], n
             assert plan[0] is None or (plan[0] not in targets and plan[0].rpartition(".")[2] in OFFSETS), name
         else:
             assert auto == plan, name
+
+
+# -- the C-level tuple builders of the hot paths / NamedTuple._make --
+@given(fields=st.lists(st.one_of(st.integers(), st.text(max_size=4), st.none()), min_size=1, max_size=8))
+def test_the_tuple_builders_build_what_make_builds(fields: list[object]) -> None:
+    from kvcore._checkpoint.safetensors import TensorInfo, _make_info
+    from kvcore._loading.plan import _make_copy
+    from kvcore._loading.targets import Target, _make_target
+
+    for builder, cls in ((_make_info, TensorInfo), (_make_target, Target), (_make_copy, Copy)):
+        if len(fields) != len(cls._fields):
+            continue  # callers pass every field; _make refuses other lengths, the builder is never asked
+        built = builder(tuple(fields))
+        assert type(built) is cls and built == cls._make(fields)
+        assert [getattr(built, name) for name in cls._fields] == fields
