@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-__all__ = ["DESCRIBES", "ScaleMeaning"]
+__all__ = ["DESCRIBES", "ROPE", "ScaleMeaning"]
 
 DESCRIBES = ("kv", "mla_latent", "mla_per_head")
 Describes = Literal["kv", "mla_latent", "mla_per_head"]
+ROPE = ("pre", "post")
+Rope = Literal["pre", "post"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +36,19 @@ class ScaleMeaning:
     ``calibrated_for``: the KV-cache dtype the producer calibrated for (``"fp8"``,
     ``"nvfp4"``, ...); the scale is amax/448 either way. ``caveat``: why the values may not fit
     what the cache holds (for example measured before ``k_norm``); the core warns with it,
-    naming each layer, and ``kvcore inspect`` lists it.
+    naming each layer, and ``kvcore inspect`` lists it. ``rope``: whether the keys were measured
+    before (``"pre"``) or after (``"post"``) the rotary embedding, ``None`` when the format does
+    not say; an engine's cache holds keys after it (a pre-RoPE amax can differ by up to √2 on a
+    model without ``k_norm``), and ``kvcore inspect`` shows it to operators.
     """
 
     describes: Describes = "kv"
     calibrated_for: str = "fp8"
     caveat: str | None = None
+    rope: Rope | None = None
 
     def __post_init__(self) -> None:
         if self.describes not in DESCRIBES:
             raise ValueError(f"ScaleMeaning.describes must be one of {', '.join(DESCRIBES)}, not {self.describes!r}")
+        if self.rope is not None and self.rope not in ROPE:
+            raise ValueError(f"ScaleMeaning.rope must be 'pre', 'post' or None, not {self.rope!r}")

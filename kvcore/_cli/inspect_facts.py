@@ -54,6 +54,8 @@ class KvCacheFacts:
     """The KV heads an attention must be built with (config.json, or the per-head scales' size)."""
     describes: str
     caveat: str | None
+    rope: str | None
+    """``"pre"``/``"post"``: keys measured before or after RoPE, as the plugin says; None: not said."""
     layers: int | None
     """Attention layers the model has (config.json's ``num_hidden_layers``)."""
     covered: list[int]
@@ -64,7 +66,7 @@ class KvCacheFacts:
     def as_dict(self) -> dict[str, object]:
         return {"calibrated_for": self.calibrated_for, "amax_factor": self.amax_factor,
                 "granularity": self.granularity, "num_kv_heads": self.num_kv_heads, "describes": self.describes,
-                "caveat": self.caveat, "layers": {"total": self.layers, "with_scales": self.covered,
+                "caveat": self.caveat, "rope": self.rope, "layers": {"total": self.layers, "with_scales": self.covered,
                                                   "missing": self.missing}}
 
 
@@ -116,7 +118,7 @@ def kv_cache_facts(
     missing = [n for n in range(total or 0) if n not in covered] if covered else []
     return KvCacheFacts(meaning.calibrated_for if layers else None, amax_factor(meaning), granularity,
                         heads or (per_head[0] if per_head else None), meaning.describes, meaning.caveat,
-                        total, covered, missing)
+                        meaning.rope, total, covered, missing)
 
 
 def summarise(layers: Mapping[str, Mapping[str, Scale]], amax_factor: float) -> list[ScaleSummary]:

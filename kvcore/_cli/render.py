@@ -50,6 +50,9 @@ SUMMARY_ONLY_ABOVE = 4
 DESCRIBES = {"kv": "keys and values",
              "mla_latent": "the MLA latent (k) and rope key (v)",
              "mla_per_head": "the MLA model's expanded per-head keys and values"}
+ROPE = {"pre": ", measured before RoPE (the cache holds keys after it)",
+        "post": ", measured after RoPE, as the cache holds them",
+        None: ", before or after RoPE: the format does not say"}
 
 
 def render_inspection(result: Inspection, style: Style, *, every_layer: bool = False) -> str:
@@ -78,7 +81,7 @@ def _header(result: Inspection) -> str:
         rows += [["KV cache", f"calibrated for {facts.calibrated_for}; amax = scale x {facts.amax_factor:g}"],
                  ["scales", _granularity(facts)],
                  ["layers", _coverage(facts)],
-                 ["measured", DESCRIBES.get(facts.describes, facts.describes) +
+                 ["measured", DESCRIBES.get(facts.describes, facts.describes) + ROPE.get(facts.rope, "") +
                   (", with a caveat (the warning below)" if facts.caveat else "")]]
     return render_table(["checkpoint", shown(result.checkpoint)], rows)
 

@@ -106,10 +106,10 @@ def test_per_head_scales_name_the_kv_heads_an_engine_must_build(cli: SimpleNames
 
 
 @pytest.mark.parametrize(("fixture", "facts"), [
-    ("modelopt/qwen3_fp8_kv_nvfp4", {"calibrated_for": "nvfp4", "describes": "kv"}),
-    ("llmcompressor/deepseek_v3_fp8_kv_tensor", {"calibrated_for": "fp8", "describes": "mla_latent"}),
-    ("quark/deepseek_v3_fp8_kv_fp8", {"calibrated_for": "fp8", "describes": "mla_per_head"}),
-    ("quark/qwen3_fp8_kv_fp8_post_rope", {"calibrated_for": "fp8", "describes": "kv", "caveat": None}),
+    ("modelopt/qwen3_fp8_kv_nvfp4", {"calibrated_for": "nvfp4", "describes": "kv", "rope": "post"}),
+    ("llmcompressor/deepseek_v3_fp8_kv_tensor", {"calibrated_for": "fp8", "describes": "mla_latent", "rope": "post"}),
+    ("quark/deepseek_v3_fp8_kv_fp8", {"calibrated_for": "fp8", "describes": "mla_per_head", "rope": "pre"}),
+    ("quark/qwen3_fp8_kv_fp8_post_rope", {"calibrated_for": "fp8", "describes": "kv", "caveat": None, "rope": "post"}),
 ])
 def test_what_the_plugins_say_the_scales_mean_is_a_fact(fixture: str, facts: dict[str, object]) -> None:
     data = _json(REAL2 / fixture)
@@ -127,3 +127,19 @@ def test_a_pre_k_norm_scale_is_a_caveat_in_the_facts_and_the_verdict() -> None:
     written = load_file(directory / "model.safetensors")
     k = written["model.layers.0.self_attn.k_proj.output_scale"].float().item()
     assert data["layers"]["model.layers.0.self_attn.attn"]["k_scale"]["amax"] == k * 448
+
+
+# What each tool's config says about RoPE (docs/formats.md): Quark's kv_cache_post_rope, llm-compressor
+# and ModelOpt observe keys where attention receives them, AutoFP8's config does not say.
+@pytest.mark.parametrize(("fixture", "rope", "words"), [
+    (REAL2 / "quark" / "phi3_fp8_kv_fp8", "pre", "measured before RoPE"),
+    (REAL2 / "quark" / "qwen3_fp8_kv_fp8_post_rope", "post", "measured after RoPE"),
+    (REAL2 / "llmcompressor" / "qwen3_fp8_kv_tensor", "post", "measured after RoPE"),
+    (REAL2 / "modelopt" / "mixtral_fp8_kv_fp8", "post", "measured after RoPE"),
+    (REAL2.parent / "real" / "autofp8" / "head_k_v_scale", None, "the format does not say"),
+])
+def test_pre_or_post_rope_is_a_fact(fixture: Path, rope: str | None, words: str) -> None:
+    assert _json(fixture)["kv_cache"]["rope"] == rope
+    status, text = _run("inspect", fixture)
+    measured = next(line for line in text.splitlines() if line.startswith("measured"))
+    assert status == 0 and words in measured

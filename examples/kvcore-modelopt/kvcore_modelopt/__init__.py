@@ -65,4 +65,6 @@ def get_cache_scale_meaning(quant_config: kvcore.QuantConfig) -> kvcore.ScaleMea
 
     algorithm = parse_config(quant_config.raw, quant_config.source).kv_cache_algorithm
     mla = isinstance(quant_config.model_config.get("kv_lora_rank"), int)
-    return kvcore.ScaleMeaning("mla_per_head" if mla else "kv", calibrated_for=(algorithm or "FP8").lower())
+    # ModelOpt's quantizers sit where attention receives K and V: after k_norm and RoPE.
+    describes = "mla_per_head" if mla else "kv"
+    return kvcore.ScaleMeaning(describes, calibrated_for=(algorithm or "FP8").lower(), rope="post")

@@ -48,6 +48,10 @@ def get_cache_scale_mapper(quant_config: kvcore.QuantConfig) -> kvcore.WeightsMa
 
 @kvcore.hookimpl
 def get_cache_scale_meaning(quant_config: kvcore.QuantConfig) -> kvcore.ScaleMeaning | None:
-    """On an MLA model the scales describe the latent and the rope key; otherwise plain K and V."""
+    """On an MLA model the scales describe the latent and the rope key; otherwise K and V after RoPE
+    (llm-compressor observes them where attention receives them)."""
+    if quant_config.quant_method != "compressed-tensors":
+        return None
     mla = isinstance(quant_config.model_config.get("kv_lora_rank"), int)
-    return kvcore.ScaleMeaning("mla_latent") if quant_config.quant_method == "compressed-tensors" and mla else None
+    # The rope key (v_scale) is observed after RoPE; the latent (k_scale) has none.
+    return kvcore.ScaleMeaning("mla_latent" if mla else "kv", rope="post")

@@ -61,29 +61,29 @@ K_NORM_MODEL_TYPES = frozenset({"qwen3", "qwen3_moe", "qwen3_next", "gemma3", "g
 
 @kvcore.hookimpl
 def get_cache_scale_meaning(quant_config: kvcore.QuantConfig) -> kvcore.ScaleMeaning | None:
-    """MLA per-head scales, and the caveats of pre-``k_norm`` and V-only measurements."""
+    """MLA per-head scales, pre- or post-RoPE keys, and the caveats of pre-``k_norm`` and V-only measurements."""
     if quant_config.quant_method != "quark":
         return None
     model = quant_config.model_config
     if isinstance(model.get("kv_lora_rank"), int):
-        return kvcore.ScaleMeaning("mla_per_head")
+        return kvcore.ScaleMeaning("mla_per_head", rope="pre")  # kv_b_proj's output: no RoPE yet
     post_rope = quant_config.raw.get("kv_cache_post_rope") is True
     export = quant_config.raw.get("export")
     groups = export.get("kv_cache_group", []) if isinstance(export, dict) else []
     if post_rope and any(str(group).endswith("qkv_proj") for group in groups):
-        return kvcore.ScaleMeaning(caveat=(
+        return kvcore.ScaleMeaning(rope="post", caveat=(
             "Quark (kv_cache_post_rope: true) measured only V for the fused qkv_proj (its pattern "
             "matches 'v_proj' inside 'qkv_proj'), so k uses V's scale and large keys may clip; "
             "re-export with kv_cache_post_rope: false, or check the accuracy of keys"
         ))
     if not post_rope and _has_k_norm(model):
-        return kvcore.ScaleMeaning(caveat=(
+        return kvcore.ScaleMeaning(rope="pre", caveat=(
             f"Quark (kv_cache_post_rope: false) measured k_scale at k_proj's output, before this "
             f"model's k_norm ({model.get('model_type')}): the cache holds keys after k_norm, often "
             "several times larger, which an fp8 cache with this scale clips. Re-export with "
             "kv_cache_post_rope: true"
         ))
-    return None
+    return kvcore.ScaleMeaning(rope="post" if post_rope else "pre")
 
 
 def _has_k_norm(model: Mapping[str, Any]) -> bool:
