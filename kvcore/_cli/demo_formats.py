@@ -37,7 +37,17 @@ class DemoFormat:
 
     @property
     def install(self) -> str:
-        return f"pip install {self.distribution}"
+        """From the kvcore checkout: the plugins are not published, and ModelOpt's is an example."""
+        return f"pip install -e {CHECKOUT_FOLDERS[self.distribution]} (from the kvcore checkout)"
+
+
+CHECKOUT_FOLDERS = {
+    "kvcore-fp8": "plugins/fp8",
+    "kvcore-quark": "plugins/quark",
+    "kvcore-compressed-tensors": "plugins/compressed_tensors",
+    "kvcore-modelopt": "examples/kvcore-modelopt",
+}
+"""Where each demonstrated format's plugin lives in the repository."""
 
 
 def _compressed_tensors(strategy: str) -> dict[str, Any]:

@@ -34,8 +34,8 @@ def fmt_value(value: object) -> str:
 def render_plugins(records: Sequence[PluginRecord], style: Style) -> str:
     """One row per plugin; the errors of failed ones below the table, in full."""
     if not records:
-        return ("no kvcore plugins are installed; the first-party ones are: "
-                "pip install kvcore-fp8 kvcore-quark kvcore-compressed-tensors")
+        return ("no kvcore plugins are installed; the first-party ones install from the kvcore checkout: "
+                "pip install -e plugins/fp8 -e plugins/quark -e plugins/compressed_tensors")
     rows = [[r.name, r.distribution, r.version, r.status, ", ".join(r.hooks) or "-", r.module] for r in records]
     colours = [[None, None, None, STATUS_COLOURS.get(r.status), None, None] for r in records]
     lines = [render_table(["plugin", "distribution", "version", "status", "hooks", "module"], rows, style, colours)]

@@ -100,3 +100,17 @@ def test_inspect_still_works_beside_a_broken_plugin(run_script, cli: SimpleNames
     result = run_script("inspect", fixture, "--json", env=cli.base_env(PYTHONPATH=str(broken_plugin)))
     assert result.returncode == 0, result.stderr
     assert cli.as_json(result)["plugins"] == ["fp8"]
+
+
+def test_with_no_plugin_installed_the_advice_installs_from_the_checkout() -> None:
+    """The plugins are not published: the advice names the repository's folders, which exist."""
+    import re
+
+    from kvcore._cli.render import render_plugins
+    from kvcore._cli.table import Style
+
+    text = render_plugins([], Style(False))
+    folders = re.findall(r"-e (\S+)", text)
+    repo = Path(__file__).resolve().parents[2]
+    assert sorted(folders) == sorted(str(p.relative_to(repo)) for p in (repo / "plugins").iterdir() if p.is_dir()
+                                     and (p / "pyproject.toml").is_file())
