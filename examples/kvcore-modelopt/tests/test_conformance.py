@@ -76,7 +76,11 @@ def test_refusals_say_why_and_what_to_do(raw: dict[str, object], words: str) -> 
     [
         ({"kv_cache_quant_algo": "FP8"}, {"model_type": "qwen3"}, kvcore.ScaleMeaning("kv", "fp8", rope="post")),
         ({"kv_cache_scheme": "NVFP4"}, {"model_type": "qwen3"}, kvcore.ScaleMeaning("kv", "nvfp4", rope="post")),
-        ({"kv_cache_quant_algo": "FP8"}, {"kv_lora_rank": 512}, kvcore.ScaleMeaning("mla_per_head", "fp8", rope="post")),
+        (
+            {"kv_cache_quant_algo": "FP8"},
+            {"kv_lora_rank": 512},
+            kvcore.ScaleMeaning("mla_per_head", "fp8", rope="post"),
+        ),
     ],
     ids=["fp8", "nvfp4", "mla"],
 )
