@@ -28,7 +28,7 @@ from kvcore._checkpoint.safetensors import TensorInfo, check_unchanged
 from kvcore._errors import CheckpointError
 from kvcore._loading.naming import call_loader
 from kvcore._loading.odirect import DirectFile, Piece, Rows, pieces, rows_of
-from kvcore._loading.pinned import Pinned, changed_error, raw
+from kvcore._loading.pinned import Pinned, changed_error, raw, raws
 from kvcore._loading.plan import Copy
 
 __all__ = ["Shard", "Threads"]
@@ -126,7 +126,7 @@ class Shard:
                 for at, n in spans
             ]
         # One buffer per tensor, built in C loops: a run holds up to IOV_MAX tiny tensors.
-        buffers = list(map(raw, pinned.addresses, pinned.sizes))
+        buffers = raws(pinned.addresses, pinned.sizes)
         return [self.threads.submit(self._read, buffers, info.start, run[-1].info.end - info.start, pinned)]
 
     def _submit_slice(self, copy: Copy) -> list[Future[object]] | None:

@@ -419,3 +419,18 @@ def test_the_tuple_builders_build_what_make_builds(fields: list[object]) -> None
         built = builder(tuple(fields))
         assert type(built) is cls and built == cls._make(fields)
         assert [getattr(built, name) for name in cls._fields] == fields
+
+
+@given(sizes=st.lists(st.integers(min_value=1, max_value=64), min_size=0, max_size=12))
+def test_the_bulk_buffers_are_the_buffers_raw_builds(sizes: list[int]) -> None:
+    import ctypes
+
+    from kvcore._loading.pinned import raw, raws
+
+    memory = bytearray(sum(sizes) or 1)
+    base = ctypes.addressof((ctypes.c_char * len(memory)).from_buffer(memory))
+    addresses = [base + sum(sizes[:i]) for i in range(len(sizes))]
+    bulk, one_by_one = raws(addresses, sizes), [raw(a, n) for a, n in zip(addresses, sizes, strict=True)]
+    assert [(type(b), ctypes.addressof(b), len(b)) for b in bulk] == [
+        (type(b), ctypes.addressof(b), len(b)) for b in one_by_one
+    ]
