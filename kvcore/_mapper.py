@@ -314,7 +314,8 @@ class WeightsMapper:
         return key, None
 
     def _quick_map_unpacked(self, name: str) -> str | None:
-        """``_careful_map_unpacked(name)``, skipping with one test each kind no rule of which applies."""
+        """vLLM's loop over every rule of each kind in turn, skipping with one test each kind no rule of
+        which applies (tests/shared_support.py ``vllm_map_name`` is the loop, and the tests' reference)."""
         fast = self._quick
         key = name
         if (
@@ -351,32 +352,6 @@ class WeightsMapper:
 
     What ``map_packed`` and the loader call, and what a subclass overrides.
     """
-
-    def _careful_map_unpacked(self, name: str) -> str | None:
-        """vLLM's loop, the reference ``_quick_map_unpacked`` agrees with: every rule tried in turn."""
-        key = name
-        for rule, target in self.orig_to_new_regex.items():
-            pattern = _compile(rule)  # stored compiled already: typing only
-            if pattern.search(key):
-                if target is None:
-                    return None
-                key = pattern.sub(target, key)
-        for substr, target in self.orig_to_new_substr.items():
-            if substr in key:
-                if target is None:
-                    return None
-                key = key.replace(substr, target, 1)
-        for prefix, target in self.orig_to_new_prefix.items():
-            if key.startswith(prefix):
-                if target is None:
-                    return None
-                key = key.replace(prefix, target, 1)
-        for suffix, target in self.orig_to_new_suffix.items():
-            if key.endswith(suffix):
-                if target is None:
-                    return None
-                key = target.join(key.rsplit(suffix, 1))
-        return key
 
     def apply(self, weights: Iterable[tuple[str, V]]) -> Iterator[tuple[str, V]]:
         """Yield ``(mapped_name, value)`` for every weight not dropped by a rule."""

@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 
 import kvcore
+from kvcore import WeightsMapper
 from kvcore.testing import registered_plugin
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,3 +56,28 @@ def modelopt_plugin() -> Iterator[ModuleType]:
         return
     with registered_plugin(module, "modelopt", distribution="kvcore-modelopt", version="0.1.0"):
         yield module
+
+
+def vllm_map_name(mapper: WeightsMapper, key: str) -> str | None:
+    """vLLM's ``WeightsMapper._map_name`` (model_executor/models/utils.py), the oracle."""
+    for pattern, new_key in mapper.orig_to_new_regex.items():
+        if pattern.search(key):
+            if new_key is None:
+                return None
+            key = pattern.sub(new_key, key)
+    for substr, new_key in mapper.orig_to_new_substr.items():
+        if substr in key:
+            if new_key is None:
+                return None
+            key = key.replace(substr, new_key, 1)
+    for prefix, new_key in mapper.orig_to_new_prefix.items():
+        if key.startswith(prefix):
+            if new_key is None:
+                return None
+            key = key.replace(prefix, new_key, 1)
+    for suffix, new_key in mapper.orig_to_new_suffix.items():
+        if key.endswith(suffix):
+            if new_key is None:
+                return None
+            key = new_key.join(key.rsplit(suffix, 1))
+    return key

@@ -8,36 +8,12 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from shared_support import vllm_map_name
 
 import kvcore
 from kvcore import MapperConflictError, WeightsMapper
 
 KINDS = ("orig_to_new_regex", "orig_to_new_substr", "orig_to_new_prefix", "orig_to_new_suffix")
-
-
-def vllm_map_name(mapper: WeightsMapper, key: str) -> str | None:
-    """vLLM's ``WeightsMapper._map_name`` (model_executor/models/utils.py), the oracle."""
-    for pattern, new_key in mapper.orig_to_new_regex.items():
-        if pattern.search(key):
-            if new_key is None:
-                return None
-            key = pattern.sub(new_key, key)
-    for substr, new_key in mapper.orig_to_new_substr.items():
-        if substr in key:
-            if new_key is None:
-                return None
-            key = key.replace(substr, new_key, 1)
-    for prefix, new_key in mapper.orig_to_new_prefix.items():
-        if key.startswith(prefix):
-            if new_key is None:
-                return None
-            key = key.replace(prefix, new_key, 1)
-    for suffix, new_key in mapper.orig_to_new_suffix.items():
-        if key.endswith(suffix):
-            if new_key is None:
-                return None
-            key = new_key.join(key.rsplit(suffix, 1))
-    return key
 
 
 def test_regex_substitutes_every_match_with_groups() -> None:

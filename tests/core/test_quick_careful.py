@@ -19,6 +19,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+from shared_support import vllm_map_name
 
 import kvcore
 import kvcore._loading.copy as copy_module
@@ -165,7 +166,7 @@ def test_a_shape_of_2_to_the_63_elements_is_refused_by_both_infos() -> None:
         raise AssertionError("the careful infos accepted a 2^63-element shape")
 
 
-# -- WeightsMapper: _quick_map_unpacked / _careful_map_unpacked --
+# -- WeightsMapper: _quick_map_unpacked / vLLM's loop (shared_support.vllm_map_name) --
 
 TEXT = st.text(st.sampled_from("ab._1\n"), max_size=5)
 PATTERNS = st.one_of(
@@ -198,7 +199,7 @@ def test_quick_map_unpacked_is_the_careful_one(
     assume(len({getattr(k, "pattern", k) for k in regex}) == len(regex))
     mapper = WeightsMapper(regex, substr, prefix, suffix)
     for name in names:
-        assert _outcome(mapper._quick_map_unpacked, name) == _outcome(mapper._careful_map_unpacked, name), name
+        assert _outcome(mapper._quick_map_unpacked, name) == _outcome(vllm_map_name, mapper, name), name
 
 
 def _outcome(run: Any, *args: Any) -> Any:
