@@ -6,7 +6,8 @@
   cannot saturate memory bandwidth and ``preadv`` releases the GIL. Nothing is mapped, so no
   file page counts in the process's resident memory.
 - a ``direct`` copy of a row-parallel slice (``tp_dim >= 1``) is read with ``O_DIRECT``
-  (``odirect``), so that the other ranks' halves of its pages stay out of the page cache.
+  (``odirect``), so that the other ranks' halves of its pages stay out of the page cache,
+  unless all its pages are cached already: then the map reads memory, not the device.
 - every other copy (dtype conversion, a ``weight_loader``, a tensor on another device or
   not contiguous, a slice when the file system refuses ``O_DIRECT``) reads a torch view of a
   private memory map of the shard, made once per shard when first needed.
@@ -27,7 +28,7 @@ from kvcore._checkpoint.file_tensor import FileTensor
 from kvcore._checkpoint.safetensors import TensorInfo, check_unchanged
 from kvcore._errors import CheckpointError
 from kvcore._loading.naming import call_loader
-from kvcore._loading.odirect import DirectFile, Piece, Rows, pieces, rows_of
+from kvcore._loading.odirect import DirectFile, Piece, Rows, cached, pieces, rows_of
 from kvcore._loading.pinned import Pinned, changed_error, raw, raws
 from kvcore._loading.plan import Copy
 
@@ -130,13 +131,15 @@ class Shard:
         return [self.threads.submit(self._read, buffers, info.start, run[-1].info.end - info.start, pinned)]
 
     def _submit_slice(self, copy: Copy) -> list[Future[object]] | None:
+        assert copy.part is not None
+        rows = rows_of(copy.info, copy.part)
+        if cached(self._mapped(), rows):
+            return None  # the map copies from memory and brings no page in; O_DIRECT reads the device
         if self._direct is False:
             assert self._file is not None
             self._direct = DirectFile.open(self.path, self._file.fileno())
         if not isinstance(self._direct, DirectFile):
             return None
-        assert copy.part is not None
-        rows = rows_of(copy.info, copy.part)
         tensor = copy.target.tensor
         planned = (tensor.dtype, tuple(tensor.shape))
         return [

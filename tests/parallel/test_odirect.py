@@ -2,7 +2,9 @@
 
 Each test states what happens where the test directory's file system supports O_DIRECT (the
 slice's pieces go through ``DirectFile.read``) and where it does not (the mapped file is
-narrowed instead); the result must be the same bits either way.
+narrowed instead); the result must be the same bits either way. Every load here starts as if
+from a cold page cache (``cold``): a file just written is cached, and a cached slice is copied
+from the map (tests/parallel/test_page_cache.py tests that choice).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pages_support import o_direct_works
 from parallel_support import Holder, chunk, param, same_bits
 
 import kvcore
-from kvcore._loading import odirect
+from kvcore._loading import odirect, shard
 
 DTYPES = (torch.bfloat16, torch.float32, torch.float16, torch.int8, torch.float8_e4m3fn, torch.int64)
 # (checkpoint shape, tp_dim, parameter length along tp_dim at T): rows of 2 B to 48 KiB.
@@ -66,6 +68,12 @@ def sliced_model(tensors: dict[str, tuple[torch.Tensor, int]], parts: int) -> Ho
         shape[dim] //= parts
         params[name] = param(*shape, tp_dim=dim, dtype=tensor.dtype)
     return Holder(**params)
+
+
+@pytest.fixture(autouse=True)
+def cold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every slice taken for uncached, so that the O_DIRECT reader is what these tests run."""
+    monkeypatch.setattr(shard, "cached", lambda *_: False)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ O_DIRECT, one that supports it; elsewhere the loads are only checked for their v
 from __future__ import annotations
 
 import mmap
+import os
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,69 @@ def test_column_slices_and_whole_tensors_page_in_only_their_bytes(
         assert cached == mine | pages(*ranges["norm"])
     else:
         assert cached - pages(*ranges["row"]) == mine | pages(*ranges["norm"])
+
+
+def warm(path: Path, start: int = 0, end: int | None = None) -> None:
+    """Bring bytes ``start .. end`` of ``path`` into the page cache, and no more (no read-ahead)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        os.pread(fd, (end or path.stat().st_size) - start, start)
+    finally:
+        os.close(fd)
+
+
+def row_slice(ckpt: Path) -> odirect.Rows:
+    """Where rank 0's slice of ``row`` lies in the file."""
+    start, _ = data_ranges(ckpt / "model.safetensors")["row"]
+    rows, columns = tensors()["row.weight"].shape
+    return odirect.Rows(start, rows, columns * 2, 0, columns)
+
+
+def test_cached_is_true_only_when_every_page_of_the_slice_is(ckpt: Path) -> None:
+    file = ckpt / "model.safetensors"
+    rows = row_slice(ckpt)
+    mapped = torch.frombuffer(mmap.mmap(os.open(file, os.O_RDONLY), 0, access=mmap.ACCESS_COPY), dtype=torch.uint8)
+    warm(file)
+    assert odirect.cached(mapped, rows)
+    if not drop_cache(file):
+        return  # tmpfs and the like: always cached
+    assert not odirect.cached(mapped, rows)
+    end = rows.start + rows.rows * rows.stride
+    warm(file, rows.start, end - PAGE)  # all but the last page
+    assert not odirect.cached(mapped, rows)
+    warm(file, end - 1, end)
+    assert odirect.cached(mapped, rows)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_cached_slice_is_copied_from_the_cache(ckpt: Path, monkeypatch: pytest.MonkeyPatch, rank: int) -> None:
+    """A warm restart: the whole file is cached, so no slice is read from the device again."""
+    direct_reads: list[object] = []
+    monkeypatch.setattr(odirect.DirectFile, "read", lambda *args: direct_reads.append(args))
+    warm(ckpt / "model.safetensors")
+    held = model(tensors())
+    kvcore.load(held, ckpt, tp_rank=rank, tp_size=2)
+    assert same_bits(held.row, tensors()["row.weight"].chunk(2, 1)[rank])
+    assert same_bits(held.column, tensors()["column.weight"].chunk(2, 0)[rank])
+    assert direct_reads == []
+    assert all(resident_pages(ckpt / "model.safetensors"))
+
+
+def test_a_partly_cached_slice_is_read_with_o_direct(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    file = ckpt / "model.safetensors"
+    evicted = drop_cache(file)  # False on tmpfs and the like: there the slice is always cached
+    rows = row_slice(ckpt)
+    warm(file, rows.start, rows.start + rows.stride * rows.rows // 2)
+    direct_reads: list[odirect.Piece] = []
+    read = odirect.DirectFile.read
+
+    def spy(self: odirect.DirectFile, piece: odirect.Piece, *args: Any) -> None:
+        direct_reads.append(piece)
+        read(self, piece, *args)
+
+    monkeypatch.setattr(odirect.DirectFile, "read", spy)
+    held = model(tensors())
+    kvcore.load(held, ckpt, tp_rank=0, tp_size=2)
+    assert same_bits(held.row, tensors()["row.weight"].chunk(2, 1)[0])
+    assert bool(direct_reads) == (evicted and o_direct_works(file))
