@@ -57,6 +57,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/accuracy.py
+	$(PY) benchmarks/device.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check kvcore plugins tests examples integrations

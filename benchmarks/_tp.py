@@ -1,6 +1,6 @@
 """Tensor parallelism from a cold page cache: one rank's load, timed, and the file pages it brought in.
 
-``python _tp.py MODE CHECKPOINT RANK SIZE ROUNDS`` prints ``{"times": [...], "resident": [...],
+``python _tp.py MODE CHECKPOINT RANK SIZE ROUNDS [warm]`` prints ``{"times": [...], "resident": [...],
 "device": [...], "checkpoint_bytes": ...}``. Before each load the shards are dropped from the
 page cache (``posix_fadvise(DONTNEED)``); after it, the shards' resident pages are counted with
 ``mincore``. ``device``: the bytes the load read from the storage device (``read_bytes`` of
@@ -13,7 +13,9 @@ reads whole aligned blocks, other ranks' bytes included. Modes:
 - ``narrow``: the same shapes loaded the vLLM way: a ``safe_open`` loop whose parameters'
   ``weight_loader`` narrows each whole tensor to the rank's part.
 
-``SIZE == 1`` with mode ``kvcore`` is the whole model, the baseline time.
+``SIZE == 1`` with mode ``kvcore`` is the whole model, the baseline time. With ``warm`` the
+shards are read whole into the page cache before each load instead (a restart on the same
+machine): nothing should come from the device.
 """
 
 from __future__ import annotations
@@ -86,6 +88,13 @@ def _drop_cache(files: list[Path]) -> None:
             os.close(fd)
 
 
+def _warm(files: list[Path]) -> None:
+    for file in files:
+        with file.open("rb") as f:
+            while f.read(16 << 20):
+                pass
+
+
 def _resident(files: list[Path]) -> int:
     """Bytes of ``files`` in the page cache (``mincore`` over a fresh read-only mapping)."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -119,7 +128,7 @@ def _device_bytes() -> int | None:
     return int(fields["read_bytes"])
 
 
-def main(mode: str, ckpt: Path, rank: int, size: int, rounds: int) -> dict[str, object]:
+def main(mode: str, ckpt: Path, rank: int, size: int, rounds: int, warm: bool = False) -> dict[str, object]:
     import kvcore
 
     torch.set_grad_enabled(False)
@@ -127,7 +136,7 @@ def main(mode: str, ckpt: Path, rank: int, size: int, rounds: int) -> dict[str, 
     times, resident, device = [], [], []
     for _ in range(rounds):
         model = tp_model(spec_of(ckpt), rank, size, mode == "narrow")
-        _drop_cache(files)
+        (_warm if warm else _drop_cache)(files)
         before = _device_bytes()
         start = time.perf_counter()
         if mode == "narrow":
@@ -144,4 +153,4 @@ def main(mode: str, ckpt: Path, rank: int, size: int, rounds: int) -> dict[str, 
 
 if __name__ == "__main__":
     mode, ckpt, rank, size, rounds = sys.argv[1], Path(sys.argv[2]), *map(int, sys.argv[3:6])
-    print(json.dumps(main(mode, ckpt, rank, size, rounds)))
+    print(json.dumps(main(mode, ckpt, rank, size, rounds, sys.argv[6:] == ["warm"])))

@@ -132,15 +132,17 @@ def _inspect(rounds: int) -> Result:
 
 
 def _tensor_parallel(rounds: int) -> dict[str, Result]:
-    """(f) T = 2 from a cold page cache: each rank in its own process, against T = 1."""
+    """(f) T = 2 from a cold page cache: each rank in its own process, against T = 1; and rank 0
+    against T = 1 from a warm one."""
     ckpt = _data.checkpoint(_data.DENSE)
-    cases = {"kvcore T=1": ("kvcore", 0, 1)}
+    cases = {"kvcore T=1": ("kvcore", 0, 1, "cold")}
     for mode in ("kvcore", "narrow"):
-        cases.update({f"{mode} T=2 rank {rank}": (mode, rank, 2) for rank in (0, 1)})
+        cases.update({f"{mode} T=2 rank {rank}": (mode, rank, 2, "cold") for rank in (0, 1)})
+    cases.update({"warm kvcore T=1": ("kvcore", 0, 1, "warm"), "warm kvcore T=2 rank 0": ("kvcore", 0, 2, "warm")})
     runs: dict[str, list[Result]] = {name: [] for name in cases}
     for r in range(rounds):
-        for name, (mode, rank, size) in cases.items():
-            runs[name].append(_run(sys.executable, "_tp.py", mode, ckpt, rank, size, 1))
+        for name, (mode, rank, size, cache) in cases.items():
+            runs[name].append(_run(sys.executable, "_tp.py", mode, ckpt, rank, size, 1, cache))
             print(f"  round {r + 1}/{rounds} {name}: {runs[name][-1]['times'][0] * 1e3:.0f} ms "
                   f"(load {LOAD_SAMPLES[-1][0]:.2f})", file=sys.stderr)
     summary: dict[str, Result] = {}
