@@ -122,7 +122,15 @@ class TensorInfo(NamedTuple):
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return torch_dtypes()[self.dtype]
+        dtype = torch_dtypes().get(self.dtype)
+        if dtype is None:  # F8_E8M0 before torch 2.7: the header is valid, this torch cannot hold it
+            import torch
+
+            raise CheckpointError(
+                f"tensor {self.name!r} in {self.path} is {self.dtype}, which torch {torch.__version__} has no "
+                "dtype for; upgrade torch (2.7 or newer has float8_e8m0fnu)"
+            )
+        return dtype
 
     @property
     def numel(self) -> int:

@@ -365,7 +365,7 @@ def check_fits(info: TensorInfo, target: Target) -> bool:
     Returns whether the copy may be ``direct`` (see ``Copy``), reusing what the checks read.
     """
     tensor, loader = target.tensor, target.loader
-    source, dest = DTYPES[info.dtype], tensor.dtype
+    source, dest = DTYPES.get(info.dtype) or info.torch_dtype, tensor.dtype  # the property words a missing one
     if tensor.shape != info.shape and loader is None and not (tensor.numel() == 1 and info.numel == 1):
         raise Misfit(
             f"{_where(info, target.name)} has shape {list(info.shape)} but the parameter has "
