@@ -27,23 +27,33 @@ _LONGEST_VALUE = 60
 
 
 def quant_config_error(
-    error: ValidationError, source: str = "", *, format_name: str = "", accepted: str = ""
+    error: ValidationError,
+    source: str = "",
+    *,
+    format_name: str = "",
+    accepted: str = "",
+    accepted_for: tuple[str, ...] = (),
 ) -> QuantConfigError:
     """A ``kvcore.QuantConfigError`` that says, for each of ``error``'s failures, field, value and what is accepted.
 
     ``source`` is ``quant_config.source`` (``/ckpt/config.json:quantization_config``): the file
     is named, and its key (``quantization_config``, ``compression_config``...) starts each field
     path. ``format_name`` names the format (``"Quark"``); ``accepted`` is one sentence on what
-    kvcore can load, added once at the end. Raise the result ``from None`` in your hook or parse
+    kvcore can load, added once at the end, when a failure lies under one of the fields
+    ``accepted_for`` names (top-level field names, ``("kv_cache_scheme",)``) or, with
+    ``accepted_for`` empty, always: a sentence about the KV-cache scheme does not answer a
+    misspelt ``ignore`` list. Raise the result ``from None`` in your hook or parse
     function: pydantic's traceback adds nothing for the user. A failure reads
     ``quantization_config.kv_cache_scheme is 'dynamic': expected 'static'``; a failure of a
     cross-field validator (no field of its own) is its message as written.
     """
     section = _section(source)
-    problems = "; ".join(_problem(failure, section) for failure in error.errors(include_url=False))
+    failures = error.errors(include_url=False)
+    problems = "; ".join(_problem(failure, section) for failure in failures)
     name = f"{format_name} " if format_name else ""
     where = f" in {source}" if source else ""
-    tail = f". {accepted.rstrip('. ')}" if accepted else ""
+    answered = not accepted_for or any(f["loc"] and f["loc"][0] in accepted_for for f in failures)
+    tail = f". {accepted.rstrip('. ')}" if accepted and answered else ""
     return QuantConfigError(f"invalid or unsupported {name}quantization config{where}: {problems}{tail}")
 
 

@@ -41,7 +41,7 @@ class AcmeConfig(BaseModel):
         return self
 
 
-def message(raw: dict[str, Any], source: str = SOURCE, **kwargs: str) -> str:
+def message(raw: dict[str, Any], source: str = SOURCE, **kwargs: Any) -> str:
     with pytest.raises(ValidationError) as info:
         AcmeConfig.model_validate(raw)
     error = kvcore.quant_config_error(info.value, source, **kwargs)
@@ -92,6 +92,17 @@ def test_what_is_accepted_is_said_once_at_the_end() -> None:
     accepted = "kvcore loads a static fp8 KV cache."
     text = message({"quant_method": "acme", "ignore": 1, "kv_cache_scheme": 2}, accepted=accepted)
     assert text.count(accepted.rstrip(".")) == 1 and text.endswith(". kvcore loads a static fp8 KV cache")
+
+
+def test_what_is_accepted_is_said_only_where_it_answers_a_failure() -> None:
+    accepted = "kvcore loads a static fp8 KV cache"
+    about = ("kv_cache_scheme", "scheme")
+    assert accepted not in message({"quant_method": "acme", "ignore": 1}, accepted=accepted, accepted_for=about)
+    assert message({"quant_method": "acme", "ignore": 1, "scheme": {"num_bits": "x"}},
+                   accepted=accepted, accepted_for=about).endswith(accepted)  # fmt: skip
+    assert message({"quant_method": "acme", "kv_cache_scheme": 2}, accepted=accepted, accepted_for=about).endswith(
+        accepted
+    )
 
 
 def test_a_huge_value_is_cut_so_the_other_failures_stay_readable() -> None:

@@ -108,4 +108,6 @@ def parse_config(raw: Mapping[str, Any], source: str = "") -> CompressedTensorsC
     try:
         return CompressedTensorsConfig.model_validate(raw)
     except ValidationError as exc:
-        raise kvcore.quant_config_error(exc, source, format_name="compressed-tensors", accepted=SUPPORTED) from None
+        raise kvcore.quant_config_error(
+            exc, source, format_name="compressed-tensors", accepted=SUPPORTED, accepted_for=("kv_cache_scheme",)
+        ) from None

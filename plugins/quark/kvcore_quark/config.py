@@ -100,8 +100,8 @@ class QuarkConfig(BaseModel):
         if self.softmax_quant_spec is not None:
             specs.append((f"{section}.softmax_quant_spec", self.softmax_quant_spec))
         found = [f"{path}.{problem}" for path, spec in specs for problem in spec.kv_problems()]
-        if found:
-            raise ValueError("; ".join(found))
+        if found:  # what kvcore accepts answers these, and only these
+            raise ValueError(f"{'; '.join(found)}. {SUPPORTED}")
         return self
 
     def _kv_specs(self, section: str) -> list[tuple[str, TensorSpec]]:
@@ -133,7 +133,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "") -> QuarkConfig:
     try:
         return QuarkConfig.model_validate(raw, context={"section": _section(source)})
     except ValidationError as exc:
-        raise kvcore.quant_config_error(exc, source, format_name="Quark", accepted=SUPPORTED) from None
+        raise kvcore.quant_config_error(exc, source, format_name="Quark") from None
 
 
 def _section(source: str) -> str:
