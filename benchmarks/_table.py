@@ -133,16 +133,37 @@ def _tp_rows(tp: dict[str, Any]) -> list[str]:
                          f"T=1 {_both(whole, lambda t: f'{t * 1e3:.0f}')} ms",
                          "≤ 55%, ≤ 0.6x" if mode == "kvcore" else "baseline",
                          (paged <= 0.55 and ratio[0] <= 0.6) if mode == "kvcore" else None))
-    if "warm kvcore T=1" in tp:
-        warm, whole = tp["warm kvcore T=2 rank 0"], tp["warm kvcore T=1"]
-        ratio = _ratio(warm, whole)
-        device = warm.get("device")
-        read = "" if device is None else f"read {device / warm['checkpoint_bytes']:.0%} from the device; "
-        rows.append(_row("(f) T=2, warm page cache", "kvcore, tp_dim: ms, rank 0",
-                         [_both(warm, lambda t: f"{t * 1e3:.0f}"), "", "", ""],
-                         f"{read}time {ratio[0]:.2f}x T=1 (best {ratio[1]:.2f}x); "
-                         f"T=1 {_both(whole, lambda t: f'{t * 1e3:.0f}')} ms", "-", None))
+    return rows + _warm_row(tp) + _together_rows(tp)
+
+
+def _warm_row(tp: dict[str, Any]) -> list[str]:
+    """(f) from a warm page cache: rank 0 of T = 2 against T = 1 (informational)."""
+    if "warm kvcore T=1" not in tp:
+        return []
+    warm, whole = tp["warm kvcore T=2 rank 0"], tp["warm kvcore T=1"]
+    ratio = _ratio(warm, whole)
+    device = warm.get("device")
+    read = "" if device is None else f"read {device / warm['checkpoint_bytes']:.0%} from the device; "
+    return [_row("(f) T=2, warm page cache", "kvcore, tp_dim: ms, rank 0", [_both(warm, _ms), "", "", ""],
+                 f"{read}time {ratio[0]:.2f}x T=1 (best {ratio[1]:.2f}x); T=1 {_both(whole, _ms)} ms", "-", None)]
+
+
+def _together_rows(tp: dict[str, Any]) -> list[str]:
+    """(f) both ranks started at once on one machine, with and without O_DIRECT (informational)."""
+    rows = []
+    for way, knob in (("O_DIRECT", "default"), ("page cache", "`KVCORE_DIRECT_IO=0`")):
+        both = tp.get(f"together, {way}")
+        if both is None:
+            continue
+        device = both.get("device")
+        read = "" if device is None else f"the two ranks read {device / both['checkpoint_bytes']:.2f}x the file"
+        label = "(f) T=2, both ranks at once" if way == "O_DIRECT" else ""
+        rows.append(_row(label, f"{way} ({knob}): slower rank, ms", [_both(both, _ms), "", "", ""], read, "-", None))
     return rows
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f}"
 
 
 def _both_ranks(ranks: list[dict[str, Any]]) -> str:

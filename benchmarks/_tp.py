@@ -1,6 +1,6 @@
 """Tensor parallelism from a cold page cache: one rank's load, timed, and the file pages it brought in.
 
-``python _tp.py MODE CHECKPOINT RANK SIZE ROUNDS [warm]`` prints ``{"times": [...], "resident": [...],
+``python _tp.py MODE CHECKPOINT RANK SIZE ROUNDS [cold|warm|as-is]`` prints ``{"times": [...], "resident": [...],
 "device": [...], "checkpoint_bytes": ...}``. Before each load the shards are dropped from the
 page cache (``posix_fadvise(DONTNEED)``); after it, the shards' resident pages are counted with
 ``mincore``. ``device``: the bytes the load read from the storage device (``read_bytes`` of
@@ -15,7 +15,8 @@ reads whole aligned blocks, other ranks' bytes included. Modes:
 
 ``SIZE == 1`` with mode ``kvcore`` is the whole model, the baseline time. With ``warm`` the
 shards are read whole into the page cache before each load instead (a restart on the same
-machine): nothing should come from the device.
+machine): nothing should come from the device. With ``as-is`` the cache is left as it is (ranks
+started together after one drop, as on one machine).
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def _device_bytes() -> int | None:
     return int(fields["read_bytes"])
 
 
-def main(mode: str, ckpt: Path, rank: int, size: int, rounds: int, warm: bool = False) -> dict[str, object]:
+def main(mode: str, ckpt: Path, rank: int, size: int, rounds: int, cache: str = "cold") -> dict[str, object]:
     import kvcore
 
     torch.set_grad_enabled(False)
@@ -136,7 +137,7 @@ def main(mode: str, ckpt: Path, rank: int, size: int, rounds: int, warm: bool = 
     times, resident, device = [], [], []
     for _ in range(rounds):
         model = tp_model(spec_of(ckpt), rank, size, mode == "narrow")
-        (_warm if warm else _drop_cache)(files)
+        {"cold": _drop_cache, "warm": _warm, "as-is": lambda _: None}[cache](files)
         before = _device_bytes()
         start = time.perf_counter()
         if mode == "narrow":
@@ -153,4 +154,4 @@ def main(mode: str, ckpt: Path, rank: int, size: int, rounds: int, warm: bool = 
 
 if __name__ == "__main__":
     mode, ckpt, rank, size, rounds = sys.argv[1], Path(sys.argv[2]), *map(int, sys.argv[3:6])
-    print(json.dumps(main(mode, ckpt, rank, size, rounds, sys.argv[6:] == ["warm"])))
+    print(json.dumps(main(mode, ckpt, rank, size, rounds, *sys.argv[6:7])))

@@ -140,12 +140,19 @@ def _tensor_parallel(rounds: int) -> dict[str, Result]:
         cases.update({f"{mode} T=2 rank {rank}": (mode, rank, 2, "cold") for rank in (0, 1)})
     cases.update({"warm kvcore T=1": ("kvcore", 0, 1, "warm"), "warm kvcore T=2 rank 0": ("kvcore", 0, 2, "warm")})
     runs: dict[str, list[Result]] = {name: [] for name in cases}
+    together: dict[str, list[Result]] = {"O_DIRECT": [], "page cache": []}
     for r in range(rounds):
         for name, (mode, rank, size, cache) in cases.items():
             runs[name].append(_run(sys.executable, "_tp.py", mode, ckpt, rank, size, 1, cache))
             print(f"  round {r + 1}/{rounds} {name}: {runs[name][-1]['times'][0] * 1e3:.0f} ms "
                   f"(load {LOAD_SAMPLES[-1][0]:.2f})", file=sys.stderr)
+        for way in together:
+            together[way].append(_together(ckpt, way == "O_DIRECT"))
     summary: dict[str, Result] = {}
+    for way, results in together.items():
+        median, best = _spread([r["time"] for r in results])  # type: ignore[misc]
+        summary[f"together, {way}"] = {"time": median, "best": best, "checkpoint_bytes": results[0]["checkpoint_bytes"],
+                                       "device": _median_known([r["device"] for r in results])}  # type: ignore[misc]
     for name, results in runs.items():
         median, best = _spread([t for r in results for t in r["times"]])  # type: ignore[attr-defined]
         summary[name] = {
@@ -156,6 +163,26 @@ def _tensor_parallel(rounds: int) -> dict[str, Result]:
             "checkpoint_bytes": results[0]["checkpoint_bytes"],
         }
     return summary
+
+
+def _together(ckpt: Path, direct: bool) -> Result:
+    """Both ranks of T = 2 started at once after one cache drop, as on one machine: the slower
+    rank's load time and the device bytes of both (``KVCORE_DIRECT_IO`` as ``direct`` says)."""
+    from _tp import _drop_cache
+
+    _drop_cache(_data.shard_files(ckpt))
+    env = {**os.environ, "KVCORE_DIRECT_IO": "1" if direct else "0"}
+    command = [sys.executable, "_tp.py", "kvcore", str(ckpt), "{rank}", "2", "1", "as-is"]
+    ranks = [subprocess.Popen([part.format(rank=rank) for part in command], cwd=HERE, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for rank in (0, 1)]  # fmt: skip
+    outputs = [rank.communicate() for rank in ranks]
+    _sample_load()
+    if any(rank.returncode for rank in ranks):
+        raise SystemExit(f"{' '.join(command)} failed:\n" + "\n".join(err[-3000:] for _, err in outputs))
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    devices = [r["device"][0] for r in results]
+    return {"time": max(r["times"][0] for r in results), "checkpoint_bytes": results[0]["checkpoint_bytes"],
+            "device": None if None in devices else sum(devices)}
 
 
 def _median_known(values: list[float | None]) -> float | None:

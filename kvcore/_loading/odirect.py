@@ -18,6 +18,11 @@ file system that refuses ``O_DIRECT`` (reported by ``statx``, or ``EINVAL`` at o
 first read: tmpfs on older kernels, some FUSE and network file systems) gets ``None`` from
 :meth:`DirectFile.open`, and the copier narrows the mapped file instead.
 
+``KVCORE_DIRECT_IO=0`` turns ``O_DIRECT`` off: slices are narrowed from the mapped file, through
+the page cache. That suits ranks loading at the same time on one machine: the page cache they
+share then reads each row-parallel tensor from the device once, where ``O_DIRECT`` reads it once
+per rank.
+
 A slice whose pages are all in the page cache already (:func:`cached`: a warm restart, another
 rank on the machine having read it) is narrowed from the mapped file too: ``O_DIRECT`` would
 read the device again, three times slower than the cache on the benchmark machine, and the map
@@ -42,7 +47,9 @@ from kvcore._errors import CheckpointError
 from kvcore._loading.parallel import Part
 from kvcore._loading.pinned import raw
 
-__all__ = ["CHUNK_BYTES", "REQUEST_BYTES", "DirectFile", "Piece", "Rows", "cached", "pieces", "rows_of"]
+__all__ = [
+    "CHUNK_BYTES", "REQUEST_BYTES", "DirectFile", "Piece", "Rows", "cached", "direct_io_enabled", "pieces", "rows_of",
+]  # fmt: skip
 
 CHUNK_BYTES = 4 << 20
 """The most bytes one read asks for (the bounce buffer's size): 1-4 MiB reads reach full bandwidth."""
@@ -88,6 +95,11 @@ class Piece(NamedTuple):
     rows: int
     col: int
     width: int
+
+
+def direct_io_enabled() -> bool:
+    """Whether row-parallel slices may be read with ``O_DIRECT`` (``KVCORE_DIRECT_IO`` is not ``0``)."""
+    return os.environ.get("KVCORE_DIRECT_IO", "1").strip() != "0"
 
 
 def cached(mapped: torch.Tensor, rows: Rows) -> bool:

@@ -180,3 +180,17 @@ def test_a_partly_cached_slice_is_read_with_o_direct(ckpt: Path, monkeypatch: py
     kvcore.load(held, ckpt, tp_rank=0, tp_size=2)
     assert same_bits(held.row, tensors()["row.weight"].chunk(2, 1)[0])
     assert bool(direct_reads) == (evicted and o_direct_works(file))
+
+
+def test_direct_io_off_reads_row_slices_through_the_page_cache(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``KVCORE_DIRECT_IO=0`` (ranks sharing one machine's page cache): no O_DIRECT read, the
+    row-parallel tensor's pages cached for the other ranks."""
+    monkeypatch.setenv("KVCORE_DIRECT_IO", "0")
+    direct_reads: list[object] = []
+    monkeypatch.setattr(odirect.DirectFile, "read", lambda *args: direct_reads.append(args))
+    held, cached = load_cold(ckpt, 1, monkeypatch)
+    assert same_bits(held.row, tensors()["row.weight"].chunk(2, 1)[1])
+    assert direct_reads == []
+    if cached is not None:  # tmpfs and the like: the file is its page cache, nothing to count
+        start, end = data_ranges(ckpt / "model.safetensors")["row"]
+        assert pages(start, end) <= cached
