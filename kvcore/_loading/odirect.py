@@ -18,10 +18,11 @@ file system that refuses ``O_DIRECT`` (reported by ``statx``, or ``EINVAL`` at o
 first read: tmpfs on older kernels, some FUSE and network file systems) gets ``None`` from
 :meth:`DirectFile.open`, and the copier narrows the mapped file instead.
 
-``KVCORE_DIRECT_IO=0`` turns ``O_DIRECT`` off: slices are narrowed from the mapped file, through
-the page cache. That suits ranks loading at the same time on one machine: the page cache they
-share then reads each row-parallel tensor from the device once, where ``O_DIRECT`` reads it once
-per rank.
+``O_DIRECT`` is off (slices are narrowed from the mapped file, through the page cache) when
+``KVCORE_DIRECT_IO=0``, or when it is unset and ``torchrun``'s ``LOCAL_WORLD_SIZE`` says several
+ranks share this machine: ranks loading at the same time on one machine share the page cache,
+which reads each row-parallel tensor from the device once, where ``O_DIRECT`` reads it once per
+rank. ``KVCORE_DIRECT_IO=1`` keeps it on.
 
 A slice whose pages are all in the page cache already (:func:`cached`: a warm restart, another
 rank on the machine having read it) is narrowed from the mapped file too: ``O_DIRECT`` would
@@ -98,8 +99,13 @@ class Piece(NamedTuple):
 
 
 def direct_io_enabled() -> bool:
-    """Whether row-parallel slices may be read with ``O_DIRECT`` (``KVCORE_DIRECT_IO`` is not ``0``)."""
-    return os.environ.get("KVCORE_DIRECT_IO", "1").strip() != "0"
+    """Whether row-parallel slices may be read with ``O_DIRECT``: as ``KVCORE_DIRECT_IO`` says
+    (``0`` or ``1``), else unless ``LOCAL_WORLD_SIZE`` (set by ``torchrun``) counts several ranks here."""
+    chosen = os.environ.get("KVCORE_DIRECT_IO", "").strip()
+    if chosen:
+        return chosen != "0"
+    local = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    return not (local.isdigit() and int(local) > 1)
 
 
 def cached(mapped: torch.Tensor, rows: Rows) -> bool:

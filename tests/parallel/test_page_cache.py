@@ -182,10 +182,14 @@ def test_a_partly_cached_slice_is_read_with_o_direct(ckpt: Path, monkeypatch: py
     assert bool(direct_reads) == (evicted and o_direct_works(file))
 
 
-def test_direct_io_off_reads_row_slices_through_the_page_cache(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``KVCORE_DIRECT_IO=0`` (ranks sharing one machine's page cache): no O_DIRECT read, the
-    row-parallel tensor's pages cached for the other ranks."""
-    monkeypatch.setenv("KVCORE_DIRECT_IO", "0")
+@pytest.mark.parametrize("environment", [{"KVCORE_DIRECT_IO": "0"}, {"LOCAL_WORLD_SIZE": "2"}])
+def test_direct_io_off_reads_row_slices_through_the_page_cache(
+    ckpt: Path, monkeypatch: pytest.MonkeyPatch, environment: dict[str, str]
+) -> None:
+    """``KVCORE_DIRECT_IO=0``, or torchrun's several ranks on this machine (sharing its page
+    cache): no O_DIRECT read, the row-parallel tensor's pages cached for the other ranks."""
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
     direct_reads: list[object] = []
     monkeypatch.setattr(odirect.DirectFile, "read", lambda *args: direct_reads.append(args))
     held, cached = load_cold(ckpt, 1, monkeypatch)
@@ -194,3 +198,16 @@ def test_direct_io_off_reads_row_slices_through_the_page_cache(ckpt: Path, monke
     if cached is not None:  # tmpfs and the like: the file is its page cache, nothing to count
         start, end = data_ranges(ckpt / "model.safetensors")["row"]
         assert pages(start, end) <= cached
+
+
+@pytest.mark.parametrize(
+    ("environment", "direct"),
+    [({}, True), ({"LOCAL_WORLD_SIZE": "1"}, True), ({"LOCAL_WORLD_SIZE": "8"}, False),
+     ({"KVCORE_DIRECT_IO": "1", "LOCAL_WORLD_SIZE": "8"}, True), ({"KVCORE_DIRECT_IO": "0"}, False),
+     ({"LOCAL_WORLD_SIZE": "many"}, True)],
+)  # fmt: skip
+def test_who_chooses_o_direct(monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], direct: bool) -> None:
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+    assert odirect.direct_io_enabled() is direct
