@@ -28,7 +28,7 @@ from kvcore._checkpoint.file_tensor import FileTensor
 from kvcore._checkpoint.safetensors import TensorInfo, check_unchanged
 from kvcore._errors import CheckpointError
 from kvcore._loading.naming import call_loader
-from kvcore._loading.odirect import DirectFile, Piece, Rows, cached, direct_io_enabled, pieces, rows_of
+from kvcore._loading.odirect import DirectFile, Piece, Rows, cached, pieces, rows_of, wanted
 from kvcore._loading.pinned import Pinned, changed_error, raw, raws
 from kvcore._loading.plan import Copy
 
@@ -133,7 +133,7 @@ class Shard:
     def _submit_slice(self, copy: Copy) -> list[Future[object]] | None:
         assert copy.part is not None
         rows = rows_of(copy.info, copy.part)
-        if not direct_io_enabled() or cached(self._mapped(), rows):
+        if not wanted(copy.info) or cached(self._mapped(), rows):
             return None  # the map copies from memory and brings no page in; O_DIRECT reads the device
         if self._direct is False:
             assert self._file is not None

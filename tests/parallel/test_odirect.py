@@ -4,7 +4,7 @@ Each test states what happens where the test directory's file system supports O_
 slice's pieces go through ``DirectFile.read``) and where it does not (the mapped file is
 narrowed instead); the result must be the same bits either way. Every load here starts as if
 from a cold page cache (``cold``): a file just written is cached, and a cached slice is copied
-from the map (tests/parallel/test_page_cache.py tests that choice).
+from the map, and so is a small tensor (tests/parallel/test_page_cache.py tests those choices).
 """
 
 from __future__ import annotations
@@ -72,8 +72,10 @@ def sliced_model(tensors: dict[str, tuple[torch.Tensor, int]], parts: int) -> Ho
 
 @pytest.fixture(autouse=True)
 def cold(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every slice taken for uncached, so that the O_DIRECT reader is what these tests run."""
+    """Every slice taken for uncached and big enough, so that the O_DIRECT reader is what these
+    tests run (their tensors are small: every shape and dtype in one file)."""
     monkeypatch.setattr(shard, "cached", lambda *_: False)
+    monkeypatch.setattr(odirect, "SMALL_BYTES", 0)
 
 
 @pytest.fixture

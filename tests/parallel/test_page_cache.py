@@ -211,3 +211,19 @@ def test_who_chooses_o_direct(monkeypatch: pytest.MonkeyPatch, environment: dict
     for variable, value in environment.items():
         monkeypatch.setenv(variable, value)
     assert odirect.direct_io_enabled() is direct
+
+
+def test_a_small_tensor_is_narrowed_from_the_map(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row-parallel tensor under ``SMALL_BYTES`` (here: the 3 MiB one, with the bound raised past
+    it) costs less read whole through the cache than one O_DIRECT request: no O_DIRECT read."""
+    file = ckpt / "model.safetensors"
+    start, end = data_ranges(file)["row"]
+    direct_reads: list[object] = []
+    monkeypatch.setattr(odirect.DirectFile, "read", lambda *args: direct_reads.append(args))
+    monkeypatch.setattr(odirect, "SMALL_BYTES", end - start + 1)
+    held, _ = load_cold(ckpt, 0, monkeypatch)
+    assert same_bits(held.row, tensors()["row.weight"].chunk(2, 1)[0])
+    assert direct_reads == []
+    monkeypatch.setattr(odirect, "SMALL_BYTES", end - start)  # just big enough: O_DIRECT where it works
+    held, cached = load_cold(ckpt, 0, monkeypatch)
+    assert bool(direct_reads) == (cached is not None and o_direct_works(file))
