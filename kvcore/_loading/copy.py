@@ -20,6 +20,7 @@ from itertools import groupby
 
 from kvcore._errors import CheckpointError, WeightLoadError
 from kvcore._loading.naming import LoaderFailed
+from kvcore._loading.pagecache import resident_share
 from kvcore._loading.plan import Copy
 from kvcore._loading.shard import Shard, Threads
 from kvcore._show import shown
@@ -46,7 +47,7 @@ def copy_all(copies: list[Copy], progress: Progress | None = None, *, sliced: bo
     """
     log = _Log()
     try:
-        with Threads() as threads:
+        with Threads(cold=resident_share(dict.fromkeys(map(_path, copies))) < 0.5) as threads:
             for path, group in groupby(copies, key=_path):
                 batch = list(group)
                 log.current = batch[0]

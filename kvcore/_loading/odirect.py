@@ -45,6 +45,7 @@ import torch
 
 from kvcore._checkpoint.safetensors import TensorInfo
 from kvcore._errors import CheckpointError
+from kvcore._loading.pagecache import all_resident
 from kvcore._loading.parallel import Part
 from kvcore._loading.pinned import raw
 
@@ -64,10 +65,6 @@ SMALL_BYTES = REQUEST_BYTES
 request would cost more than reading the whole tensor through the page cache, whose few pages
 its neighbours mostly share anyway (a T = 2 MoE load of 12k tiny expert slices: 2.1-2.4 s with
 ``O_DIRECT``, 1.5 s through the map, the same pages cached either way)."""
-_mincore = ctypes.CDLL(None, use_errno=True).mincore
-_mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-_RESIDENT = bytes(range(1, 256, 2))
-"""``mincore``'s bytes for a resident page: bit 0 set (the other bits are reserved)."""
 _STATX_DIOALIGN, _AT_EMPTY_PATH, _STATX_SIZE = 0x2000, 0x1000, 256
 _STATX_MASK, _STATX_MEM_ALIGN, _STATX_OFFSET_ALIGN = 0, 152, 156  # offsets in struct statx
 
@@ -122,14 +119,10 @@ def direct_io_enabled() -> bool:
 
 
 def cached(mapped: torch.Tensor, rows: Rows) -> bool:
-    """Whether every page holding ``rows`` is in the page cache: ``mincore`` over ``mapped``, the
-    shard's memory map (asking faults nothing in and reads nothing)."""
+    """Whether every page holding ``rows`` is in the page cache, asked of ``mapped``, the shard's
+    memory map (``False`` when the kernel cannot tell: ``O_DIRECT`` is right either way)."""
     first = rows.start - rows.start % mmap.PAGESIZE
-    end = rows.start + rows.rows * rows.stride
-    vec = (ctypes.c_ubyte * -(-(end - first) // mmap.PAGESIZE))()
-    if _mincore(ctypes.c_void_p(mapped.data_ptr() + first), end - first, vec) != 0:
-        return False  # cannot tell: O_DIRECT is right either way
-    return not bytes(vec).translate(None, _RESIDENT)  # anything left is a page not in the cache
+    return all_resident(mapped.data_ptr() + first, rows.start + rows.rows * rows.stride - first)
 
 
 def pieces(rows: Rows, align: int) -> list[Piece]:

@@ -36,6 +36,11 @@ __all__ = ["Shard", "Threads"]
 
 MAX_THREADS = 8
 """The most reader threads a load starts."""
+COLD_THREADS = 4
+"""The fewest reader threads for a checkpoint mostly not in the page cache. A read from the
+device waits on it, and more reads in flight keep it busy: a cold (a) load on 2 cores took
+1.43 s with 2 threads and 0.98 s with 4 (1.19 s with 8); from the page cache, where reads are
+memory copies, threads beyond the cores cost ~5-9% (``make bench``, BENCHMARKS.md)."""
 LOADER_SPLIT_BYTES = 1 << 20
 """The smallest part of a tensor a loader's ``copy_`` reads on its own thread."""
 
@@ -43,11 +48,12 @@ LOADER_SPLIT_BYTES = 1 << 20
 class Threads:
     """A thread pool for splitting big reads, started on first use and joined at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, cold: bool = False) -> None:
         self._pool: ThreadPoolExecutor | None = None
         self._urgent: ThreadPoolExecutor | None = None
         # As many readers as torch uses threads, capped: a few saturate memory bandwidth.
-        self.workers = min(MAX_THREADS, max(1, torch.get_num_threads()))
+        # ``cold``: at least COLD_THREADS, as the device, not memory, is what they wait on.
+        self.workers = min(MAX_THREADS, max(COLD_THREADS if cold else 1, torch.get_num_threads()))
 
     def __enter__(self) -> Threads:
         return self

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,12 @@ def model(source: dict[str, torch.Tensor]) -> Holder:
     )
 
 
-def load_cold(ckpt: Path, rank: int, monkeypatch: pytest.MonkeyPatch) -> tuple[Holder, set[int] | None]:
-    """A load of ``rank``'s share whose copies start from a cold cache, and the file's pages
-    cached after it (``None`` where the file system cannot drop the file from its cache).
+def load_cold(
+    ckpt: Path, rank: int, monkeypatch: pytest.MonkeyPatch, then: Callable[[], object] = lambda: None
+) -> tuple[Holder, set[int] | None]:
+    """A load of ``rank``'s share whose copies start from a cold cache (``then`` runs after the
+    drop), and the file's pages cached after it (``None`` where the file system cannot drop the
+    file from its cache).
 
     The cache is dropped after the header was read, right before the copies: the header read
     leaves pages marked for read-ahead, and Linux starts that read-ahead when a later read
@@ -61,6 +65,7 @@ def load_cold(ckpt: Path, rank: int, monkeypatch: pytest.MonkeyPatch) -> tuple[H
 
     def cold_copy_all(*args: Any, **kwargs: Any) -> set[str]:
         evicted.append(drop_cache(file))
+        then()
         return copy_all(*args, **kwargs)
 
     monkeypatch.setattr(load_module, "copy_all", cold_copy_all)
@@ -165,9 +170,7 @@ def test_a_cached_slice_is_copied_from_the_cache(ckpt: Path, monkeypatch: pytest
 
 def test_a_partly_cached_slice_is_read_with_o_direct(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     file = ckpt / "model.safetensors"
-    evicted = drop_cache(file)  # False on tmpfs and the like: there the slice is always cached
     rows = row_slice(ckpt)
-    warm(file, rows.start, rows.start + rows.stride * rows.rows // 2)
     direct_reads: list[odirect.Piece] = []
     read = odirect.DirectFile.read
 
@@ -176,10 +179,11 @@ def test_a_partly_cached_slice_is_read_with_o_direct(ckpt: Path, monkeypatch: py
         read(self, piece, *args)
 
     monkeypatch.setattr(odirect.DirectFile, "read", spy)
-    held = model(tensors())
-    kvcore.load(held, ckpt, tp_rank=0, tp_size=2)
+    half = rows.start + rows.stride * rows.rows // 2
+    held, cached = load_cold(ckpt, 0, monkeypatch, lambda: warm(file, rows.start, half))
     assert same_bits(held.row, tensors()["row.weight"].chunk(2, 1)[0])
-    assert bool(direct_reads) == (evicted and o_direct_works(file))
+    # Where the file cannot leave the cache (tmpfs), the slice is always cached: no O_DIRECT.
+    assert bool(direct_reads) == (cached is not None and o_direct_works(file))
 
 
 @pytest.mark.parametrize("environment", [{"KVCORE_DIRECT_IO": "0"}, {"LOCAL_WORLD_SIZE": "2"}])
