@@ -133,7 +133,17 @@ def _tp_rows(tp: dict[str, Any]) -> list[str]:
                          f"T=1 {_both(whole, lambda t: f'{t * 1e3:.0f}')} ms",
                          "≤ 55%, ≤ 0.6x" if mode == "kvcore" else "baseline",
                          (paged <= 0.55 and ratio[0] <= 0.6) if mode == "kvcore" else None))
-    return rows + _warm_row(tp) + _together_rows(tp)
+    return _cold_whole_row(tp) + rows + _warm_row(tp) + _together_rows(tp)
+
+
+def _cold_whole_row(tp: dict[str, Any]) -> list[str]:
+    """(f)'s baseline from a cold page cache, T = 1: kvcore against the safe_open loop (informational)."""
+    if "narrow T=1" not in tp:
+        return []
+    ours, loop = tp["kvcore T=1"], tp["narrow T=1"]
+    ratio = _ratio(ours, loop)
+    return [_row("(f) T=1, cold page cache", "kvcore: ms", [_both(ours, _ms), "", "", ""],
+                 f"{ratio[0]:.2f}x the safe_open loop (best {ratio[1]:.2f}x); loop {_both(loop, _ms)} ms", "-", None)]
 
 
 def _warm_row(tp: dict[str, Any]) -> list[str]:

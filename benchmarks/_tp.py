@@ -13,7 +13,7 @@ reads whole aligned blocks, other ranks' bytes included. Modes:
 - ``narrow``: the same shapes loaded the vLLM way: a ``safe_open`` loop whose parameters'
   ``weight_loader`` narrows each whole tensor to the rank's part.
 
-``SIZE == 1`` with mode ``kvcore`` is the whole model, the baseline time. With ``warm`` the
+``SIZE == 1`` is the whole model: the baseline time (``kvcore``), the plain loop (``narrow``). With ``warm`` the
 shards are read whole into the page cache before each load instead (a restart on the same
 machine): nothing should come from the device. With ``as-is`` the cache is left as it is (ranks
 started together after one drop, as on one machine).

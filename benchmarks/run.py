@@ -135,7 +135,7 @@ def _tensor_parallel(rounds: int) -> dict[str, Result]:
     """(f) T = 2 from a cold page cache: each rank in its own process, against T = 1; and rank 0
     against T = 1 from a warm one."""
     ckpt = _data.checkpoint(_data.DENSE)
-    cases = {"kvcore T=1": ("kvcore", 0, 1, "cold")}
+    cases = {"kvcore T=1": ("kvcore", 0, 1, "cold"), "narrow T=1": ("narrow", 0, 1, "cold")}
     for mode in ("kvcore", "narrow"):
         cases.update({f"{mode} T=2 rank {rank}": (mode, rank, 2, "cold") for rank in (0, 1)})
     cases.update({"warm kvcore T=1": ("kvcore", 0, 1, "warm"), "warm kvcore T=2 rank 0": ("kvcore", 0, 2, "warm")})
