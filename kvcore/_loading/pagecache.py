@@ -25,6 +25,9 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _FAILED = ctypes.c_void_p(-1).value
 _RESIDENT = bytes(range(1, 256, 2))
 """``mincore``'s bytes for a resident page: bit 0 set (the other bits are reserved)."""
+PROBES = 16
+"""Pages asked of each file, spread evenly: enough to tell a cold file from a warm one. Asking
+for every page makes the kernel look each one up: 26 ms of a 140 ms warm (a) load."""
 
 
 def _vector(address: int, size: int) -> bytes | None:
@@ -44,17 +47,18 @@ def all_resident(address: int, size: int) -> bool:
 
 
 def resident_share(paths: Iterable[Path]) -> float:
-    """The share of ``paths``' bytes in the page cache (1.0 for files that cannot be asked: the
-    caller then reads as from a warm cache, as it always did)."""
-    total = resident = 0
+    """About the share of ``paths``' bytes in the page cache, from ``PROBES`` pages of each
+    (1.0 for files that cannot be asked: the caller then reads as from a warm cache, as it
+    always did)."""
+    total, resident = 0, 0.0
     for path in paths:
         size, cached = _resident_bytes(path)
         total, resident = total + size, resident + cached
     return resident / total if total else 1.0
 
 
-def _resident_bytes(path: Path) -> tuple[int, int]:
-    """(bytes, bytes in the page cache) of ``path``; all of them when it cannot be asked."""
+def _resident_bytes(path: Path) -> tuple[int, float]:
+    """(bytes, about the bytes in the page cache) of ``path``; all of them when it cannot be asked."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -65,11 +69,18 @@ def _resident_bytes(path: Path) -> tuple[int, int]:
         if address in (None, _FAILED):
             return size, size
         try:
-            vec = _vector(address, size)
+            pages = -(-size // mmap.PAGESIZE)
+            probes = [_vector(address + page * mmap.PAGESIZE, 1) for page in _spread(pages)]
         finally:
             _libc.munmap(ctypes.c_void_p(address), size)
-        if vec is None:
+        known = [vec for vec in probes if vec is not None]
+        if len(known) < len(probes):
             return size, size
-        return size, min(size, (len(vec) - len(vec.translate(None, _RESIDENT))) * mmap.PAGESIZE)
+        return size, size * sum(not vec.translate(None, _RESIDENT) for vec in known) / len(known)
     finally:
         os.close(fd)
+
+
+def _spread(pages: int) -> range:
+    """Up to ``PROBES`` page numbers evenly spread over ``pages`` pages."""
+    return range(0, pages, max(1, pages // PROBES))[:PROBES]

@@ -1,4 +1,4 @@
-"""Page-cache helpers: which pages of a file are cached (``mincore``), dropping them, O_DIRECT support,
+"""Page-cache helpers: which pages of a file are cached (``mincore``), dropping and warming them, O_DIRECT support,
 where each tensor's bytes are.
 
 Shared by the O_DIRECT tests; the benchmark (``benchmarks/_tp.py``) counts pages the same way.
@@ -61,6 +61,16 @@ def drop_cache(path: Path) -> bool:
     finally:
         os.close(fd)
     return not any(resident_pages(path))
+
+
+def warm(path: Path, start: int = 0, end: int | None = None) -> None:
+    """Bring bytes ``start .. end`` of ``path`` into the page cache, and no more (no read-ahead)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        os.pread(fd, (path.stat().st_size if end is None else end) - start, start)
+    finally:
+        os.close(fd)
 
 
 def o_direct_works(path: Path) -> bool:

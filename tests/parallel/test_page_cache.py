@@ -11,14 +11,13 @@ O_DIRECT, one that supports it; elsewhere the loads are only checked for their v
 from __future__ import annotations
 
 import mmap
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from pages_support import data_ranges, drop_cache, o_direct_works, resident_pages
+from pages_support import data_ranges, drop_cache, o_direct_works, resident_pages, warm
 from parallel_support import Holder, param, same_bits
 
 import kvcore
@@ -121,16 +120,6 @@ def test_column_slices_and_whole_tensors_page_in_only_their_bytes(
         assert cached - pages(*ranges["row"]) == mine | pages(*ranges["norm"])
 
 
-def warm(path: Path, start: int = 0, end: int | None = None) -> None:
-    """Bring bytes ``start .. end`` of ``path`` into the page cache, and no more (no read-ahead)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        os.pread(fd, (end or path.stat().st_size) - start, start)
-    finally:
-        os.close(fd)
-
-
 def row_slice(ckpt: Path) -> odirect.Rows:
     """Where rank 0's slice of ``row`` lies in the file."""
     start, _ = data_ranges(ckpt / "model.safetensors")["row"]
@@ -141,7 +130,8 @@ def row_slice(ckpt: Path) -> odirect.Rows:
 def test_cached_is_true_only_when_every_page_of_the_slice_is(ckpt: Path) -> None:
     file = ckpt / "model.safetensors"
     rows = row_slice(ckpt)
-    mapped = torch.frombuffer(mmap.mmap(os.open(file, os.O_RDONLY), 0, access=mmap.ACCESS_COPY), dtype=torch.uint8)
+    with file.open("rb") as f:  # the map outlives the descriptor
+        mapped = torch.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY), dtype=torch.uint8)
     warm(file)
     assert odirect.cached(mapped, rows)
     if not drop_cache(file):
