@@ -17,6 +17,10 @@ HEADER = (
 )
 
 
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f}"
+
+
 def _both(result: dict[str, Any], fmt: Any) -> str:
     """``fmt`` of the median and of the best time: ``"222 (205)"``."""
     return f"{fmt(result['time'])} ({fmt(result['best'])})"
@@ -55,7 +59,7 @@ def _load_rows(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     fp8 = b["kvcore:fp8"]
     rows = [
         _row(f"(a) {gib:.2f} GiB bf16, {a['kvcore']['tensors']} tensors", "load time, ms: median (best)",
-             _cells(a, lambda r: _both(r, lambda t: f"{t * 1e3:.0f}")), _x("kvcore/raw", ra), "≤ 1.05x",
+             _cells(a, lambda r: _both(r, _ms)), _x("kvcore/raw", ra), "≤ 1.05x",
              ra[0] <= 1.05),
         _row("", "throughput, GB/s", _cells(a, lambda r: _both(r, lambda t: f"{r['bytes'] / t / 1e9:.1f}")),
              f"kvcore = {share[0]:.0%} of memcpy (best {share[1]:.0%})", "report", None),
@@ -80,7 +84,7 @@ def _packed_rows(a: dict[str, Any]) -> list[str]:
     """(a) into an engine-shaped model: fused qkv/gate_up through shard-id weight loaders."""
     packed, raw = a["kvcore-packed"], a["raw-packed"]
     to_plain, to_raw = _ratio(packed, a["kvcore"]), _ratio(packed, raw)
-    cells = [_both(r, lambda t: f"{t * 1e3:.0f}") for r in (packed, raw)] + ["", ""]
+    cells = [_both(r, _ms) for r in (packed, raw)] + ["", ""]
     return [
         _row("", "packed model (shard-id loaders), ms", cells, _x("packed/unpacked kvcore", to_plain),
              "≤ 1.10x", to_plain[0] <= 1.10),
@@ -130,7 +134,7 @@ def _tp_rows(tp: dict[str, Any]) -> list[str]:
         rows.append(_row("(f) T=2, cold page cache" if mode == "kvcore" else "", f"{label}: ms per rank", cells,
                          f"paged in {paged:.1%} of the file{device}; time {ratio[0]:.2f}x T=1 "
                          f"(best {ratio[1]:.2f}x); "
-                         f"T=1 {_both(whole, lambda t: f'{t * 1e3:.0f}')} ms",
+                         f"T=1 {_both(whole, _ms)} ms",
                          "≤ 55%, ≤ 0.6x" if mode == "kvcore" else "baseline",
                          (paged <= 0.55 and ratio[0] <= 0.6) if mode == "kvcore" else None))
     return _cold_whole_row(tp) + rows + _warm_row(tp) + _together_rows(tp)
@@ -170,10 +174,6 @@ def _together_rows(tp: dict[str, Any]) -> list[str]:
         label = "(f) T=2, both ranks at once" if way == "O_DIRECT" else ""
         rows.append(_row(label, f"{way} ({knob}): slower rank, ms", [_both(both, _ms), "", "", ""], read, "-", None))
     return rows
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.0f}"
 
 
 def _both_ranks(ranks: list[dict[str, Any]]) -> str:

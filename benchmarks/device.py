@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import _data
-from _tp import COLUMN, ROW
+from _tp import COLUMN, ROW, _drop_cache
 
 CHUNK = 4 << 20
 SPLIT = 16 << 20
@@ -54,13 +54,6 @@ def _tensors(file: Path) -> list[tuple[str, int, int]]:
     base = 8 + length
     return [(name, base + meta["data_offsets"][0], base + meta["data_offsets"][1])
             for name, meta in header.items() if name != "__metadata__"]  # fmt: skip
-
-
-def _drop(files: list[Path]) -> None:
-    for file in files:
-        fd = os.open(file, os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
 
 
 def _aligned(start: int, end: int, step: int) -> list[Span]:
@@ -142,7 +135,7 @@ def rank_bytes(files: list[Path], size: int) -> None:
 
 
 def _timed(files: list[Path], action: Callable[[], object]) -> float:
-    _drop(files)
+    _drop_cache(files)
     start = time.perf_counter()
     action()
     return time.perf_counter() - start
@@ -157,7 +150,7 @@ def main(rounds: int) -> None:
 
     for _ in range(rounds):
         for depth in (1, 4, 16):
-            _drop(files)
+            _drop_cache(files)
             record(f"one 8 KiB O_DIRECT request, queue depth {depth} (us)", small_requests(files[1], depth) * 1e6)
         for way in ("direct", "evict", "willneed", "readahead"):
             record(f"row-parallel tensors whole, {way} (ms)", _timed(files, lambda w=way: row_parallel(files, w)) * 1e3)
